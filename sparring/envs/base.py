@@ -1,0 +1,64 @@
+"""The one protocol every environment follows, in-process or remote.
+
+An environment is stateless and shared by all episodes; each episode's state is a JSON-able value
+that the environment returns from `seed` and from every tool call, so the graph state (and Studio)
+always holds the truth and nothing hides in the environment object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from sparring.tools.specs import ToolResult, ToolSpec
+
+Actor = Literal["policy", "user", "env"]
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The score of one episode."""
+
+    reward: float
+    components: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """Per-episode state plus tools for each actor, a seed, a done signal and a verify."""
+
+    name: str
+
+    def tools(self, actor: Actor) -> Sequence[ToolSpec]:
+        """The tools `actor` may call (empty for none)."""
+        ...
+
+    def default_messages(self) -> list[dict[str, str]]:
+        """The policy's opening messages for a task that brings none."""
+        ...
+
+    def user_persona(self, task: dict[str, Any]) -> str:
+        """The simulated user's system prompt for this task."""
+        ...
+
+    async def seed(self, task: dict[str, Any]) -> Any:
+        """A fresh episode state from the task's seed data."""
+        ...
+
+    def is_done(self, state: Any) -> bool:
+        """Whether the episode has reached its natural end."""
+        ...
+
+    async def call_tool(self, state: Any, actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
+        """Run one tool call by `actor`; bad calls come back as `ToolResult(is_error=True)`."""
+        ...
+
+    def observe(self, state: Any, actor: Actor) -> str | None:
+        """An observation for `actor` at the start of its turn (e.g. the board for the user), or None."""
+        ...
+
+    async def verify(self, state: Any, messages: Sequence[Any]) -> Verdict:
+        """Score the final state."""
+        ...

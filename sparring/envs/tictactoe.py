@@ -1,0 +1,166 @@
+"""Tic-tac-toe: the policy plays X, the simulated user plays O, both through `make_move(position)`.
+
+The actor comes with every call, so the mark is never inferred from alternation; a move out of turn
+is an error the actor sees, not a move for the other side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from sparring.envs.base import Actor, Verdict
+from sparring.tools.specs import ToolResult, ToolSpec
+
+LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
+MARKS: dict[str, str] = {"policy": "X", "user": "O"}
+RESULT_FOR_X = {"X": ("win", 1.0), "O": ("loss", 0.0), "draw": ("draw", 0.5)}
+
+MAKE_MOVE = ToolSpec(
+    name="make_move",
+    description="Place your mark on the board. Positions are 0-8, row by row: 0 1 2 / 3 4 5 / 6 7 8.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "position": {"type": "integer", "minimum": 0, "maximum": 8, "description": "The empty cell to mark, 0-8."}
+        },
+        "required": ["position"],
+        "additionalProperties": False,
+    },
+)
+
+POLICY_PROMPT = (
+    "You are playing tic-tac-toe as X against the user, who plays O. On your turn, call the make_move "
+    "tool with the position (0-8, row by row) of an empty cell. Play to win."
+)
+OPENING = "Let's play tic-tac-toe. You are X and you move first."
+USER_PERSONA = (
+    "You are playing tic-tac-toe as O against the assistant, who plays X. When it is your turn, call "
+    "make_move with the position (0-8, row by row) of an empty cell; then tell the assistant in one short "
+    "sentence which position you took. Never move for X."
+)
+
+
+class SeedError(ValueError):
+    """The task's seed data does not describe a legal position."""
+
+
+class TicTacToe:
+    """The tic-tac-toe environment; the episode state is a JSON-able dict."""
+
+    name = "tictactoe"
+
+    def tools(self, actor: Actor) -> Sequence[ToolSpec]:
+        """Both players move with the same tool; the environment never acts itself."""
+        return (MAKE_MOVE,) if actor in MARKS else ()
+
+    def default_messages(self) -> list[dict[str, str]]:
+        """The opening a task without `messages` gets."""
+        return [{"role": "system", "content": POLICY_PROMPT}, {"role": "user", "content": OPENING}]
+
+    def user_persona(self, task: dict[str, Any]) -> str:
+        """The O player's instructions, unless the task brings its own."""
+        return task.get("user_persona") or USER_PERSONA
+
+    async def seed(self, task: dict[str, Any]) -> dict[str, Any]:
+        """An empty board, or the task's `env_seed.initial_moves` ([{position, mark}], legal and alternating)."""
+        state: dict[str, Any] = {"board": [None] * 9, "next_mark": "X", "winner": None, "moves": []}
+        seed = task.get("env_seed") or {}
+        for i, move in enumerate(seed.get("initial_moves") or ()):
+            where = f"env_seed.initial_moves[{i}]"
+            if not isinstance(move, dict) or set(move) != {"position", "mark"}:
+                raise SeedError(f"{where}: expected {{'position': 0-8, 'mark': 'X' or 'O'}}, got {move!r}")
+            error = _move_error(state, move["mark"], move["position"])
+            if error:
+                raise SeedError(f"{where}: {error}")
+            _place(state, move["mark"], move["position"])
+        return state
+
+    def is_done(self, state: dict[str, Any]) -> bool:
+        """Won or full."""
+        return state["winner"] is not None
+
+    async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
+        """Play one move for `actor`; anything illegal comes back as an error with the board unchanged."""
+        if name != MAKE_MOVE.name:
+            return _error(state, f"unknown tool {name!r}; the only tool is make_move")
+        mark = MARKS.get(actor)
+        if mark is None:
+            return _error(state, f"{actor} does not play")
+        error = _move_error(state, mark, arguments.get("position"))
+        if error:
+            return _error(state, error)
+        new_state = {**state, "board": list(state["board"]), "moves": list(state["moves"])}
+        _place(new_state, mark, arguments["position"])
+        message = f"{mark} played {arguments['position']}."
+        if new_state["winner"] == "draw":
+            message += " The board is full: draw."
+        elif new_state["winner"]:
+            message += f" {new_state['winner']} wins."
+        return ToolResult(content=_board_json(new_state, message=message), state=new_state)
+
+    def observe(self, state: dict[str, Any], actor: Actor) -> str | None:
+        """The board, drawn and as JSON, for a player about to act."""
+        if actor not in MARKS:
+            return None
+        rows = (" | ".join(c or str(i) for i, c in enumerate(state["board"][r : r + 3], start=r)) for r in (0, 3, 6))
+        return "The board (free cells show their number):\n" + "\n".join(rows) + "\n" + _board_json(state)
+
+    async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
+        """1 for an X win, 0.5 for a draw, 0 for a loss or an unfinished game."""
+        game_result, reward = RESULT_FOR_X.get(state["winner"], ("incomplete", 0.0))
+        return Verdict(
+            reward=reward,
+            components={"outcome": reward},
+            result={"game_result": game_result, "board": state["board"], "moves": state["moves"]},
+        )
+
+
+def _move_error(state: dict[str, Any], mark: str, position: Any) -> str | None:
+    """Why `mark` may not play `position` now, or None."""
+    if state["winner"] is not None:
+        return "the game is over"
+    if isinstance(position, bool) or not isinstance(position, int):
+        return f"position must be an integer 0-8, got {position!r}"
+    if not 0 <= position <= 8:
+        return f"position {position} is out of range 0-8"
+    if mark not in ("X", "O"):
+        return f"mark must be 'X' or 'O', got {mark!r}"
+    if mark != state["next_mark"]:
+        return f"it is not {mark}'s turn; {state['next_mark']} moves next"
+    if state["board"][position] is not None:
+        return f"position {position} is already taken by {state['board'][position]}"
+    return None
+
+
+def _place(state: dict[str, Any], mark: str, position: int) -> None:
+    """Mark the cell, record the move, and settle winner and next mark."""
+    board = state["board"]
+    board[position] = mark
+    state["moves"].append({"position": position, "mark": mark})
+    if any(board[a] == board[b] == board[c] == mark for a, b, c in LINES):
+        state["winner"] = mark
+    elif all(board):
+        state["winner"] = "draw"
+    state["next_mark"] = "O" if mark == "X" else "X"
+
+
+def _board_json(state: dict[str, Any], **extra: Any) -> str:
+    """The board as tool results and observations carry it."""
+    winner = state["winner"]
+    return orjson.dumps(
+        {
+            "board": state["board"],
+            "next_mark": None if winner else state["next_mark"],
+            "game_over": winner is not None,
+            "winner": winner,
+            **extra,
+        }
+    ).decode()
+
+
+def _error(state: dict[str, Any], message: str) -> ToolResult:
+    """An illegal call: the actor sees why, and the board as it still is."""
+    return ToolResult(content=_board_json(state, error=message), state=state, is_error=True)

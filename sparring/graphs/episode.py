@@ -1,0 +1,109 @@
+"""The episode graph: the single source of truth every face (CLI, HTTP, Studio, notebooks) runs.
+
+    START -> seed -> policy (or user, when the opening leaves the user to speak first)
+    policy       --tool calls------------------> policy_tools
+    policy       --reply ends the turn---------> user
+    policy       --context full / failure------> verify
+    policy_tools --env done--------------------> verify
+    policy_tools --steps left in the turn------> policy
+    policy_tools --no steps left---------------> user
+    user         --tool calls (its own move)---> user_tools
+    user         --text, turns left------------> policy
+    user         --stop token / silence / max turns / failure--> verify
+    user_tools   --env done--------------------> verify
+    user_tools   --steps left------------------> user
+    user_tools   --no steps left---------------> policy (or verify at max turns)
+    verify -> END
+
+Nodes decide and record (status, counters); routing functions only read state.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+from langchain_core.messages import HumanMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from sparring.envs.base import Environment
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.state import EpisodeInput, EpisodeState
+from sparring.models.wire import raw_tool_calls
+from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.policy import policy
+from sparring.nodes.seed import seed
+from sparring.nodes.tools import run_tools
+from sparring.nodes.user import user
+from sparring.nodes.verify import verify
+
+# Far above any real episode: our own limits (turns, steps) end episodes, never LangGraph's counter.
+RECURSION_LIMIT = 100_000
+
+
+def build_graph(env: Environment, deps: EpisodeDeps | None = None) -> CompiledStateGraph:
+    """The compiled episode graph for one environment; settings come per run as the runtime context."""
+    deps = deps or EpisodeDeps(env)
+    graph = StateGraph(EpisodeState, context_schema=EpisodeConfig, input_schema=EpisodeInput)
+    graph.add_node("seed", partial(seed, deps=deps))
+    graph.add_node("policy", partial(policy, deps=deps))
+    graph.add_node("policy_tools", partial(run_tools, deps=deps, actor="policy"))
+    graph.add_node("user", partial(user, deps=deps))
+    graph.add_node("user_tools", partial(run_tools, deps=deps, actor="user"))
+    graph.add_node("verify", partial(verify, deps=deps))
+
+    graph.add_edge(START, "seed")
+    graph.add_conditional_edges("seed", route_after_seed)
+    graph.add_conditional_edges("policy", route_after_policy)
+    graph.add_conditional_edges("policy_tools", route_after_policy_tools)
+    graph.add_conditional_edges("user", route_after_user)
+    graph.add_conditional_edges("user_tools", route_after_user_tools)
+    graph.add_edge("verify", END)
+    compiled = graph.compile(name=f"sparring-{env.name}")
+    return compiled.with_config(recursion_limit=RECURSION_LIMIT)
+
+
+def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]:
+    """The policy answers the opening; with no user message yet, the user speaks first."""
+    if state["status"]:
+        return "verify"
+    if isinstance(state["messages"][-1], (HumanMessage, ToolMessage)):
+        return "policy"
+    return "user"
+
+
+def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "verify"]:
+    """Tool calls are executed; a plain reply ends the policy's turn; a full context or failure ends the episode."""
+    if state["status"]:
+        return "verify"
+    if raw_tool_calls(state["messages"][-1]):
+        return "policy_tools"
+    return "user"
+
+
+def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
+    """The environment is asked after every tool step: done ends the episode at once."""
+    if state["status"]:
+        return "verify"
+    if state["policy_steps"] < state["limits"]["max_steps_per_turn"]:
+        return "policy"
+    return "user"
+
+
+def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
+    """The user's own tool calls run first; its text goes to the policy unless the episode ended."""
+    if state["status"]:
+        return "verify"
+    if raw_tool_calls(state["user_messages"][-1]):
+        return "user_tools"
+    return "policy"
+
+
+def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
+    """Done ends the episode; otherwise the user continues, unless its steps ran out (turn already closed)."""
+    if state["status"]:
+        return "verify"
+    if state["user_steps"] == 0:
+        return "policy"
+    return "user"

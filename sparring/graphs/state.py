@@ -1,0 +1,65 @@
+"""The episode state: everything an episode knows, explicit, so Studio and checkpoints see the truth.
+
+Two histories are kept: `messages` is the policy's view (what it is trained on), `user_messages` is
+the simulated user's role-flipped view (its persona as system prompt, the policy's replies as `user`
+messages, its own as `assistant`, its own tool calls and results). Both only grow.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.messages import AnyMessage
+
+from sparring.rollouts.ledger import Ledger
+
+Status = Literal["completed", "truncated", "aborted"]
+
+
+class EpisodeInput(TypedDict, total=False):
+    """What a run starts from: one task row, and optionally the episode's id."""
+
+    task: dict[str, Any]
+    episode_id: str
+
+
+class Limits(TypedDict):
+    """The episode's limits: the run's settings with the task's own overrides applied."""
+
+    max_turns: int
+    max_steps_per_turn: int
+    max_user_steps_per_turn: int
+    user_stop_tokens: list[str]
+    user_tool_choice: str
+    policy_tool_choice: str
+
+
+class EpisodeState(TypedDict, total=False):
+    """The whole episode."""
+
+    task: dict[str, Any]
+    episode_id: str
+    limits: Limits
+    messages: Annotated[list[AnyMessage], operator.add]
+    user_messages: Annotated[list[AnyMessage], operator.add]
+    num_opening_messages: int
+    env_state: Any
+    turn: int
+    turn_start: int
+    policy_steps: int
+    user_steps: int
+    num_policy_calls: int
+    num_user_calls: int
+    ledger: Ledger
+    usage: dict[str, dict[str, int]]
+    model_s: float
+    tool_s: float
+    started_at: float
+    wall_s: float
+    status: Status | None
+    stop_reason: str | None
+    error: dict[str, str] | None
+    reward: float | None
+    reward_components: dict[str, float]
+    env_result: dict[str, Any]

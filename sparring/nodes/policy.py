@@ -1,0 +1,91 @@
+"""policy: one call of the model being trained, its exact tokens written into the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.state import EpisodeState
+from sparring.models.client import Completion, ContextLengthExceeded, ModelCallError, ModelClient
+from sparring.models.tito import TailRenderer, TokenizerUnavailable
+from sparring.models.wire import assistant_message, to_wire, to_wire_list
+from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.outcome import add_usage, ended, length_stop_reason
+from sparring.rollouts.ledger import add_call
+from sparring.tools.parsing import parse_reply
+
+
+async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
+    """Call the policy on its view of the conversation; a full context or a dead server ends the episode."""
+    client, _ = deps.clients.clients(runtime.context)
+    starts_turn = state["policy_steps"] == 0
+    update: dict[str, Any] = {
+        "policy_steps": state["policy_steps"] + 1,
+        "num_policy_calls": state["num_policy_calls"] + 1,
+    }
+    if starts_turn:
+        update["turn"] = state["turn"] + 1
+    tokenizer = runtime.context.policy_tokenizer
+    token_mode = runtime.context.token_mode
+    try:
+        if token_mode == "tito" or (token_mode == "auto" and tokenizer):
+            if not tokenizer:
+                raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
+            completion = await call_tokens_in_tokens_out(state, client, deps.renderer(tokenizer), deps)
+        else:
+            completion = await client.chat(
+                to_wire_list(state["messages"]),
+                episode_id=state["episode_id"],
+                tools=deps.wire_tools["policy"],
+                tool_choice=state["limits"]["policy_tool_choice"],
+            )
+    except ContextLengthExceeded as exc:
+        return {**update, **ended("truncated", "context_length", exc)}
+    except (ModelCallError, TokenizerUnavailable) as exc:
+        return {**update, **ended("aborted", "model_error", exc)}
+    return {**update, **record_completion(state, completion)}
+
+
+async def call_tokens_in_tokens_out(
+    state: EpisodeState, client: ModelClient, renderer: TailRenderer, deps: EpisodeDeps
+) -> Completion:
+    """Send the ledger's ids plus the new tail; read the tool calls out of the generated text."""
+    messages = state["messages"]
+    segments = state["ledger"]["segments"]
+    if not segments:
+        prompt = renderer.first_prompt(to_wire_list(messages))
+    else:
+        last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
+        prompt = segments[-1]["token_ids"] + renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
+    completion = await client.complete_tokens(prompt, episode_id=state["episode_id"])
+    parsed = parse_reply(completion.text, frozenset(deps.tool_specs["policy"]), f"call_{state['num_policy_calls']}")
+    completion.text, completion.tool_calls = parsed.text, parsed.tool_calls
+    return completion
+
+
+def record_completion(state: EpisodeState, completion: Completion) -> dict[str, Any]:
+    """The state update for one policy reply: the message, the ledger entry, usage and timing."""
+    metadata: dict[str, Any] = {"finish_reason": completion.finish_reason}
+    ledger = state["ledger"]
+    if completion.completion_token_ids is not None:
+        metadata["token_span"] = add_call(
+            ledger,
+            completion.prompt_token_ids or [],
+            completion.completion_token_ids,
+            completion.completion_logprobs or [],
+            completion.finish_reason,
+        )
+    cut = completion.finish_reason == "length"
+    message = assistant_message(completion.text, [] if cut else completion.tool_calls, metadata)
+    update: dict[str, Any] = {
+        "messages": [message],
+        "ledger": ledger,
+        "usage": add_usage(state, "policy", completion.prompt_tokens, completion.completion_tokens),
+        "model_s": state["model_s"] + completion.latency_s,
+    }
+    if cut:
+        update.update(ended("truncated", length_stop_reason(completion.completion_tokens, completion.max_tokens)))
+    return update

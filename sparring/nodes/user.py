@@ -1,0 +1,98 @@
+"""user: the simulated user's step, on its own role-flipped view, with its own tools and stop tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.runtime import Runtime
+
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.state import EpisodeState
+from sparring.models.client import ModelCallError
+from sparring.models.wire import assistant_message, to_wire_list
+from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.outcome import add_usage, ended
+
+NOTHING_SHOWN = "(The assistant has not replied yet.)"
+
+
+async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
+    """One user model call; its text (stop tokens removed) becomes the policy's next user message."""
+    _, client = deps.clients.clients(runtime.context)
+    limits = state["limits"]
+    step = state["user_steps"] + 1
+    shown = [] if state["user_steps"] else [HumanMessage(content=policy_turn_for_user(state, deps))]
+    if step >= limits["max_user_steps_per_turn"]:
+        tool_choice = "none"
+    else:
+        tool_choice = limits["user_tool_choice"] if step == 1 else "auto"
+    update: dict[str, Any] = {"user_steps": step, "num_user_calls": state["num_user_calls"] + 1}
+    try:
+        completion = await client.chat(
+            to_wire_list([*state["user_messages"], *shown]),
+            episode_id=state["episode_id"],
+            tools=deps.wire_tools["user"],
+            tool_choice=tool_choice,
+        )
+    except ModelCallError as exc:
+        return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
+    update["usage"] = add_usage(state, "user", completion.prompt_tokens, completion.completion_tokens)
+    update["model_s"] = state["model_s"] + completion.latency_s
+    reply = assistant_message(completion.text, completion.tool_calls, {"finish_reason": completion.finish_reason})
+    update["user_messages"] = [*shown, reply]
+    if completion.tool_calls:
+        return update
+    return {**update, **deliver_text(state, completion.text, deps)}
+
+
+def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
+    """What the user sees of the policy's turn: its visible replies, then the environment's observation."""
+    parts = [
+        m.content
+        for m in state["messages"][state["turn_start"] :]
+        if isinstance(m, AIMessage) and isinstance(m.content, str) and m.content.strip()
+    ]
+    observation = deps.env.observe(state["env_state"], "user")
+    if observation:
+        parts.append(observation)
+    return "\n\n".join(parts) or NOTHING_SHOWN
+
+
+def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str, Any]:
+    """Pass the user's text to the policy and close the turn, or end the episode on a stop token or silence."""
+    stop_tokens = state["limits"]["user_stop_tokens"]
+    stopped = any(token and token in text for token in stop_tokens)
+    visible = text
+    if stopped:
+        for token in stop_tokens:
+            if token:
+                visible = visible.replace(token, "")
+        visible = visible.strip()
+    delivered = [HumanMessage(content=visible)] if visible else []
+    if stopped:
+        return {"messages": delivered, **ended("completed", "user_stop")}
+    if not visible:
+        return ended("truncated", "user_empty")
+    return close_user_turn(state, delivered, deps, state["env_state"])
+
+
+def close_user_turn(
+    state: EpisodeState, delivered: list[BaseMessage], deps: EpisodeDeps, env_state: Any
+) -> dict[str, Any]:
+    """Hand the turn back to the policy with what the user said, then the environment's observation for it.
+
+    At max_turns the episode ends instead. The observation is its own message (actor env), so the
+    record keeps who said what.
+    """
+    if state["turn"] >= state["limits"]["max_turns"]:
+        return {"messages": delivered, **ended("truncated", "max_turns")}
+    observation = deps.env.observe(env_state, "policy")
+    if observation:
+        delivered = [*delivered, HumanMessage(content=observation, additional_kwargs={"actor": "env"})]
+    return {
+        "messages": delivered,
+        "turn_start": len(state["messages"]) + len(delivered),
+        "policy_steps": 0,
+        "user_steps": 0,
+    }

@@ -1,0 +1,58 @@
+"""The rollout record: one JSON object per episode (one line of JSONL), built from the final state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from sparring.models.wire import to_wire
+from sparring.rollouts.ledger import new_ledger
+
+_ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
+
+
+def message_record(message: BaseMessage) -> dict[str, Any]:
+    """A message in wire form plus who produced it."""
+    record = to_wire(message)
+    record["actor"] = message.additional_kwargs.get("actor") or _ACTOR_OF_TYPE[message.type]
+    return record
+
+
+def build_record(
+    state: dict[str, Any], *, env: str, episode_id: str, task_index: int | None = None, repeat_index: int = 0
+) -> dict[str, Any]:
+    """The record design.md specifies, from an episode's final state."""
+    ledger = state.get("ledger") or new_ledger()
+    return {
+        "id": episode_id,
+        "task_index": task_index,
+        "repeat_index": repeat_index,
+        "task_id": (state.get("task") or {}).get("id"),
+        "env": env,
+        "status": state.get("status"),
+        "stop_reason": state.get("stop_reason"),
+        "reward": state.get("reward"),
+        "reward_components": state.get("reward_components") or {},
+        "env_result": state.get("env_result") or {},
+        "num_turns": state.get("turn", 0),
+        "num_policy_calls": state.get("num_policy_calls", 0),
+        "num_user_calls": state.get("num_user_calls", 0),
+        "messages": [message_record(m) for m in state.get("messages") or ()],
+        "user_messages": [to_wire(m) for m in state.get("user_messages") or ()],
+        "trajectory": {
+            "segments": ledger["segments"],
+            "prefix_mismatches": ledger["prefix_mismatches"],
+            "calls": ledger["calls"],
+        },
+        "usage": {
+            role: (state.get("usage") or {}).get(role, {"prompt_tokens": 0, "completion_tokens": 0})
+            for role in ("policy", "user")
+        },
+        "timing": {
+            "wall_s": round(state.get("wall_s", 0.0), 6),
+            "model_s": round(state.get("model_s", 0.0), 6),
+            "tool_s": round(state.get("tool_s", 0.0), 6),
+        },
+        "error": state.get("error"),
+    }
