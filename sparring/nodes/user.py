@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.state import EpisodeState
-from sparring.models.client import ModelCallError
+from sparring.models.client import ContextLengthExceeded, ModelCallError
 from sparring.models.wire import assistant_message, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import add_usage, ended
@@ -35,6 +35,8 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
             tools=deps.wire_tools["user"],
             tool_choice=tool_choice,
         )
+    except ContextLengthExceeded as exc:
+        return {**update, "user_messages": shown, **ended("truncated", "context_length", exc)}
     except ModelCallError as exc:
         return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
     update["usage"] = add_usage(state, "user", completion.prompt_tokens, completion.completion_tokens)

@@ -1,0 +1,78 @@
+"""Shared fixtures: the episode graph against the scripted model server over real loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from sparring.envs.tictactoe import TicTacToe
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.episode import build_graph
+from sparring.nodes.deps import EpisodeDeps
+from sparring.rollouts.ledger import check_invariants
+from sparring.rollouts.runner import run_episode
+from sparring.testing import FakeModelServer
+
+
+class Harness:
+    """One scripted server plus one graph; `play` runs an episode and checks the ledger contract."""
+
+    def __init__(self, server: FakeModelServer, deps: EpisodeDeps, config: EpisodeConfig) -> None:
+        self.server = server
+        self.deps = deps
+        self.graph = build_graph(deps.env, deps)
+        self.config = config
+
+    async def play(self, task: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+        """One episode; every record's ledger is checked against what the server sent."""
+        config = replace(self.config, **settings)
+        record = await run_episode(self.graph, task or {}, config, env=self.deps.env.name)
+        assert_ledger_matches_server(record, self.requests("policy", record["id"]))
+        return record
+
+    def requests(self, model: str, episode_id: str | None = None) -> list[dict[str, Any]]:
+        """What the server received for `model` (optionally for one episode), in order."""
+        return [
+            r
+            for r in self.server.requests
+            if r["model"] == model and (episode_id is None or r["headers"].get("X-Session-ID") == episode_id)
+        ]
+
+
+def assert_ledger_matches_server(record: dict[str, Any], policy_requests: list[dict[str, Any]]) -> None:
+    """Equal lengths; trained tokens == completion tokens the server reported; one call per request that answered."""
+    trajectory = record["trajectory"]
+    assert check_invariants(trajectory) == []
+    trained = sum(sum(seg["loss_mask"]) for seg in trajectory["segments"])
+    assert trained == record["usage"]["policy"]["completion_tokens"]
+    assert trained == sum(call["completion_len"] for call in trajectory["calls"])
+    assert len(trajectory["segments"]) == trajectory["prefix_mismatches"] + (1 if trajectory["calls"] else 0)
+
+
+@pytest.fixture
+def make_harness() -> Callable[..., Any]:
+    """`async with make_harness({"policy": ..., "user": ...}, **settings) as h:` starts a server and a graph."""
+
+    @asynccontextmanager
+    async def factory(
+        responders: Mapping[str, Any], *, template: str = "chatml", max_model_len: int = 32768, **settings: Any
+    ) -> AsyncIterator[Harness]:
+        async with FakeModelServer(responders, template=template, max_model_len=max_model_len) as server:
+            config = EpisodeConfig(
+                policy_base_urls=[server.base_url],
+                user_base_urls=[server.base_url],
+                user_tool_choice="required",
+                request_timeout_s=5.0,
+                **settings,
+            )
+            deps = EpisodeDeps(TicTacToe())
+            try:
+                yield Harness(server, deps, config)
+            finally:
+                await deps.clients.aclose()
+
+    return factory
