@@ -1,0 +1,209 @@
+"""Pure logic: ledger, argument validation, tool-call parsing, tic-tac-toe rules, task rows, routing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparring.envs.tictactoe import MAKE_MOVE, SeedError, TicTacToe
+from sparring.models.client import _error_message, pick_replica
+from sparring.rollouts.ledger import add_call, check_invariants, new_ledger
+from sparring.rollouts.tasks import TaskError, parse_task, read_tasks, task_at
+from sparring.tools.parsing import parse_reply
+from sparring.tools.validation import ToolArgumentError, parse_arguments
+
+# -- ledger -----------------------------------------------------------------------------------------
+
+
+def test_ledger_masks_prompt_tails_and_keeps_completion_logprobs() -> None:
+    ledger = new_ledger()
+    add_call(ledger, [1, 2, 3], [4, 5], [-0.1, -0.2], "tool_calls")
+    add_call(ledger, [1, 2, 3, 4, 5, 6, 7], [8], [-0.3], "stop")
+    (segment,) = ledger["segments"]
+    assert segment["token_ids"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert segment["loss_mask"] == [0, 0, 0, 1, 1, 0, 0, 1]
+    assert segment["logprobs"] == [0.0, 0.0, 0.0, -0.1, -0.2, 0.0, 0.0, -0.3]
+    assert ledger["prefix_mismatches"] == 0 and check_invariants(ledger) == []
+    assert [c["prompt_len"] for c in ledger["calls"]] == [3, 7]
+
+
+def test_ledger_never_splices_a_rewritten_history() -> None:
+    ledger = new_ledger()
+    add_call(ledger, [1, 2], [3, 4], [-1.0, -1.0], "stop")
+    add_call(ledger, [1, 2, 9, 5], [6], [-1.0], "stop")  # 3, 4 re-rendered as 9
+    add_call(ledger, [1, 2, 9, 5, 6, 7], [8], [-1.0], "stop")
+    assert ledger["prefix_mismatches"] == 1
+    assert [s["token_ids"] for s in ledger["segments"]] == [[1, 2, 3, 4], [1, 2, 9, 5, 6, 7, 8]]
+    assert [c["segment"] for c in ledger["calls"]] == [0, 1, 1]
+
+
+def test_ledger_rejects_logprobs_that_do_not_match_the_ids() -> None:
+    with pytest.raises(ValueError, match="2 completion ids but 1 logprobs"):
+        add_call(new_ledger(), [1], [2, 3], [-1.0], "stop")
+
+
+# -- arguments and parsing --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"position": 4', "not valid JSON"),
+        ('{"position": "4"}', "arguments.position must be integer, got str '4'"),
+        ('{"position": true}', "must be integer, got bool"),
+        ('{"position": 4.5}', "must be integer, got float"),
+        ("{}", "missing the required field 'position'"),
+        ('{"position": 4, "mark": "X"}', "unknown field 'mark'"),
+        ('{"position": -1}', "at least 0"),
+        ("[4]", "arguments must be object"),
+    ],
+)
+def test_bad_arguments_are_named_precisely(raw: str, message: str) -> None:
+    with pytest.raises(ToolArgumentError, match="make_move: ") as info:
+        parse_arguments(MAKE_MOVE, raw)
+    assert message in str(info.value)
+
+
+def test_good_arguments_parse() -> None:
+    assert parse_arguments(MAKE_MOVE, '{"position": 8}') == {"position": 8}
+    assert parse_arguments(MAKE_MOVE, {"position": 0}) == {"position": 0}
+
+
+NAMES = frozenset({"make_move"})
+
+
+def test_tagged_tool_calls_are_found_and_removed_from_the_text() -> None:
+    text = 'I take the centre.\n<tool_call>\n{"name": "make_move", "arguments": {"position": 4}}\n</tool_call>'
+    reply = parse_reply(text, NAMES, "c")
+    assert reply.text == "I take the centre."
+    assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == [("make_move", {"position": 4})]
+
+
+def test_several_tagged_calls_keep_their_order() -> None:
+    text = "".join(f'<tool_call>{{"name": "make_move", "arguments": {{"position": {p}}}}}</tool_call>' for p in (1, 2))
+    reply = parse_reply(text, NAMES, "c")
+    assert [json.loads(c.arguments)["position"] for c in reply.tool_calls] == [1, 2]
+    assert [c.id for c in reply.tool_calls] == ["c_0", "c_1"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "make_move", "arguments": {"position": 4}}',
+        'Sure!\n```json\n{"name": "make_move", "arguments": {"position": 4}}\n```',
+        '{"name": "make_move", "parameters": {"position": 4}}',
+    ],
+)
+def test_bare_json_calls_are_accepted(text: str) -> None:
+    (call,) = parse_reply(text, NAMES, "c").tool_calls
+    assert call.name == "make_move" and json.loads(call.arguments) == {"position": 4}
+
+
+def test_json_that_names_no_tool_is_just_text() -> None:
+    reply = parse_reply('{"name": "Bob", "age": 3}', NAMES, "c")
+    assert reply.tool_calls == [] and reply.text == '{"name": "Bob", "age": 3}'
+
+
+def test_a_malformed_tagged_call_is_kept_raw_for_a_precise_tool_error() -> None:
+    (call,) = parse_reply('<tool_call>{"name": "make_move", "arguments": {"position": 4}</tool_call>', NAMES, "c").tool_calls
+    assert call.name == "make_move"
+    with pytest.raises(ToolArgumentError, match="not valid JSON"):
+        parse_arguments(MAKE_MOVE, call.arguments)
+
+
+# -- tic-tac-toe ------------------------------------------------------------------------------------
+
+
+async def test_moves_alternate_and_illegal_moves_leave_the_board_unchanged() -> None:
+    env = TicTacToe()
+    state = await env.seed({})
+    result = await env.call_tool(state, "user", "make_move", {"position": 0})
+    assert result.is_error and "not O's turn" in result.content and result.state is state
+    result = await env.call_tool(state, "policy", "make_move", {"position": 4})
+    assert not result.is_error and json.loads(result.content)["board"][4] == "X"
+    assert state["board"][4] is None, "tool calls never mutate the state they were given"
+    again = await env.call_tool(result.state, "user", "make_move", {"position": 4})
+    assert again.is_error and "already taken by X" in json.loads(again.content)["error"]
+    assert (await env.call_tool(result.state, "env", "make_move", {"position": 1})).is_error
+
+
+async def test_win_draw_and_verify() -> None:
+    env = TicTacToe()
+    win = await env.seed({"env_seed": {"initial_moves": [{"position": p, "mark": m} for p, m in
+                                                         [(0, "X"), (3, "O"), (1, "X"), (4, "O"), (2, "X")]]}})
+    assert env.is_done(win) and (await env.verify(win, [])).reward == 1.0
+    draw_moves = [(0, "X"), (4, "O"), (8, "X"), (1, "O"), (7, "X"), (6, "O"), (2, "X"), (5, "O"), (3, "X")]
+    draw = await env.seed({"env_seed": {"initial_moves": [{"position": p, "mark": m} for p, m in draw_moves]}})
+    verdict = await env.verify(draw, [])
+    assert (verdict.reward, verdict.result["game_result"]) == (0.5, "draw")
+    fresh = await env.seed({})
+    assert (await env.verify(fresh, [])).result["game_result"] == "incomplete"
+
+
+@pytest.mark.parametrize(
+    ("moves", "message"),
+    [
+        ([{"position": 9, "mark": "X"}], "initial_moves[0]: position 9 is out of range"),
+        ([{"position": 1, "mark": "X"}, {"position": 1, "mark": "O"}], "initial_moves[1]: position 1 is already taken"),
+        ([{"position": 1}], "initial_moves[0]: expected"),
+        ([{"position": 1, "mark": "Z"}], "mark must be 'X' or 'O'"),
+    ],
+)
+async def test_bad_seeds_are_named(moves: list, message: str) -> None:
+    with pytest.raises(SeedError, match="env_seed."):
+        await TicTacToe().seed({"env_seed": {"initial_moves": moves}})
+    with pytest.raises(SeedError) as info:
+        await TicTacToe().seed({"env_seed": {"initial_moves": moves}})
+    assert message in str(info.value)
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+
+def test_task_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n\n{"limits": {"max_turns": 0}}\n')
+    rows = read_tasks(path)
+    assert next(rows)[:2] == (0, 1)
+    with pytest.raises(TaskError, match=r"tasks.jsonl:3: field limits.max_turns: Input should be greater"):
+        next(rows)
+    path.write_text('{"mesages": []}\n')
+    with pytest.raises(TaskError, match=r":1: field mesages: Extra inputs are not permitted"):
+        task_at(path, 0)
+    path.write_text("{not json}\n")
+    with pytest.raises(TaskError, match=r":1: not valid JSON"):
+        task_at(path, 0)
+    with pytest.raises(TaskError, match="must be a JSON object"):
+        parse_task([1, 2])
+
+
+def test_nemo_gym_rows_are_accepted() -> None:
+    row = {
+        "responses_create_params": {"input": [{"role": "user", "content": [{"type": "input_text", "text": "Go"}]}]},
+        "verifier_metadata": {"initial_moves": [{"position": 4, "mark": "X"}]},
+        "agent_ref": {"name": "tictactoe"},
+    }
+    task = parse_task(row)
+    assert task["messages"] == [{"role": "user", "content": "Go"}]
+    assert task["env_seed"]["initial_moves"][0]["position"] == 4
+    assert task["metadata"]["agent_ref"] == {"name": "tictactoe"}
+
+
+# -- client helpers ---------------------------------------------------------------------------------
+
+
+def test_replica_choice_is_sticky_and_spread() -> None:
+    urls = ("http://a/v1", "http://b/v1", "http://c/v1")
+    picks = {pick_replica(urls, f"ep-{i}") for i in range(60)}
+    assert picks == set(urls)
+    assert all(pick_replica(urls, f"ep-{i}") == pick_replica(urls, f"ep-{i}") for i in range(20))
+    moved = sum(pick_replica(urls, f"ep-{i}") != pick_replica((*urls, "http://d/v1"), f"ep-{i}") for i in range(400))
+    assert moved < 160, "adding a replica moves only the episodes that land on it"
+
+
+def test_error_bodies_of_either_shape_are_read() -> None:
+    assert _error_message(b'{"error": {"message": "too long"}}') == "too long"
+    assert _error_message(b'{"object": "error", "message": "old vllm"}') == "old vllm"
+    assert _error_message(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
