@@ -53,7 +53,16 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--policy-tool-choice", choices=["auto", "required", "none"])
     limits.add_argument("--policy-max-tokens", type=int)
     limits.add_argument("--timeout", type=float, dest="request_timeout_s", help="seconds per model call")
-    limits.add_argument("--token-mode", choices=["chat", "tito"])
+    limits.add_argument(
+        "--token-mode",
+        choices=["auto", "chat", "tito"],
+        help="tito: exact token-in-token-out (needs the policy tokenizer); default auto",
+    )
+    limits.add_argument(
+        "--policy-tokenizer",
+        metavar="DIR",
+        help="the policy model's local folder (tokenizer + chat template), for tito",
+    )
 
 
 def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
@@ -65,6 +74,8 @@ def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
         model = getattr(args, f"{role}_model") or os.environ.get(f"SPARRING_{role.upper()}_MODEL")
         if not urls and role in local:
             urls, model = [local[role]["base_url"]], model or local[role]["model"]
+            if role == "policy" and Path(local[role]["model_path"]).is_dir():
+                changes["policy_tokenizer"] = local[role]["model_path"]
         if not urls:
             raise UsageError(
                 f"no {role} model server: pass --{role}-base-url URL, set SPARRING_{role.upper()}_BASE_URL, "
@@ -89,6 +100,8 @@ def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
+    if args.policy_tokenizer:
+        changes["policy_tokenizer"] = args.policy_tokenizer
     if args.user_stop_token:
         changes["user_stop_tokens"] = args.user_stop_token
     return replace(default_config(env_name), **changes)

@@ -29,8 +29,9 @@ def sparring(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 def test_run_prints_a_transcript_and_the_record_last(server: FakeModelProcess, tmp_path: Path) -> None:
     out = tmp_path / "rollouts.jsonl"
-    result = sparring("run", "--policy-base-url", server.base_url, "--user-base-url", server.base_url,
-                      "--json", "--output", str(out))
+    result = sparring(
+        "run", "--policy-base-url", server.base_url, "--user-base-url", server.base_url, "--json", "--output", str(out)
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     record = json.loads(lines[-1])
@@ -40,9 +41,25 @@ def test_run_prints_a_transcript_and_the_record_last(server: FakeModelProcess, t
     assert "X | O" in transcript, "the board is drawn"
     assert "reward 1.0" in transcript
     assert json.loads(out.read_text()) == record
-    for field in ("id", "task_index", "repeat_index", "env", "status", "stop_reason", "reward", "reward_components",
-                  "env_result", "num_turns", "num_policy_calls", "num_user_calls", "messages", "trajectory",
-                  "usage", "timing", "error"):
+    for field in (
+        "id",
+        "task_index",
+        "repeat_index",
+        "env",
+        "status",
+        "stop_reason",
+        "reward",
+        "reward_components",
+        "env_result",
+        "num_turns",
+        "num_policy_calls",
+        "num_user_calls",
+        "messages",
+        "trajectory",
+        "usage",
+        "timing",
+        "error",
+    ):
         assert field in record
 
 
@@ -56,8 +73,16 @@ def test_endpoints_from_environment_variables_and_task_files(server: FakeModelPr
 
 
 def test_an_aborted_episode_still_prints_its_record(tmp_path: Path) -> None:
-    result = sparring("run", "--policy-base-url", "http://127.0.0.1:9/v1", "--user-base-url",
-                      "http://127.0.0.1:9/v1", "--json", "--timeout", "2")
+    result = sparring(
+        "run",
+        "--policy-base-url",
+        "http://127.0.0.1:9/v1",
+        "--user-base-url",
+        "http://127.0.0.1:9/v1",
+        "--json",
+        "--timeout",
+        "2",
+    )
     assert result.returncode == 1
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
@@ -67,8 +92,17 @@ def test_an_aborted_episode_still_prints_its_record(tmp_path: Path) -> None:
 def test_bad_task_input_names_file_line_and_field(tmp_path: Path) -> None:
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text('{"id": "a"}\n{"env_seed": {}, "limits": {"max_turns": "many"}}\n')
-    result = sparring("run", "--input", str(tasks), "--index", "1", "--policy-base-url", "http://x/v1",
-                      "--user-base-url", "http://x/v1")
+    result = sparring(
+        "run",
+        "--input",
+        str(tasks),
+        "--index",
+        "1",
+        "--policy-base-url",
+        "http://x/v1",
+        "--user-base-url",
+        "http://x/v1",
+    )
     assert result.returncode == 2
     assert f"{tasks}:2: field limits.max_turns" in result.stderr
     result = sparring("run", "--task", "{oops", "--policy-base-url", "http://x/v1", "--user-base-url", "http://x/v1")

@@ -107,7 +107,9 @@ def test_json_that_names_no_tool_is_just_text() -> None:
 
 
 def test_a_malformed_tagged_call_is_kept_raw_for_a_precise_tool_error() -> None:
-    (call,) = parse_reply('<tool_call>{"name": "make_move", "arguments": {"position": 4}</tool_call>', NAMES, "c").tool_calls
+    (call,) = parse_reply(
+        '<tool_call>{"name": "make_move", "arguments": {"position": 4}</tool_call>', NAMES, "c"
+    ).tool_calls
     assert call.name == "make_move"
     with pytest.raises(ToolArgumentError, match="not valid JSON"):
         parse_arguments(MAKE_MOVE, call.arguments)
@@ -131,8 +133,15 @@ async def test_moves_alternate_and_illegal_moves_leave_the_board_unchanged() -> 
 
 async def test_win_draw_and_verify() -> None:
     env = TicTacToe()
-    win = await env.seed({"env_seed": {"initial_moves": [{"position": p, "mark": m} for p, m in
-                                                         [(0, "X"), (3, "O"), (1, "X"), (4, "O"), (2, "X")]]}})
+    win = await env.seed(
+        {
+            "env_seed": {
+                "initial_moves": [
+                    {"position": p, "mark": m} for p, m in [(0, "X"), (3, "O"), (1, "X"), (4, "O"), (2, "X")]
+                ]
+            }
+        }
+    )
     assert env.is_done(win) and (await env.verify(win, [])).reward == 1.0
     draw_moves = [(0, "X"), (4, "O"), (8, "X"), (1, "O"), (7, "X"), (6, "O"), (2, "X"), (5, "O"), (3, "X")]
     draw = await env.seed({"env_seed": {"initial_moves": [{"position": p, "mark": m} for p, m in draw_moves]}})

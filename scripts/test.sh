@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# sparring's tests: lint, the fast suite, then the real-model suite (vLLM's CPU build serving the
+# embedded default model). The first full run installs vLLM and converts the model (about 10 minutes).
+#
+#   scripts/test.sh          # everything; this is what CI runs
+#   scripts/test.sh --fast   # lint and the fast suite only (no vLLM)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fast=0
+for arg in "$@"; do
+    case "$arg" in
+        --fast) fast=1 ;;
+        *) echo "test.sh: unknown option $arg (use --fast or nothing)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $fast == 1 ]]; then bash scripts/install.sh --no-vllm; else bash scripts/install.sh; fi
+
+echo "[test] ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+# pytest exits 5 when it collected nothing: a suite that silently vanished is a failure here.
+run_pytest() {
+    local rc=0
+    .venv/bin/pytest "$@" || rc=$?
+    if [[ $rc == 5 ]]; then
+        echo "test.sh: pytest collected no tests for: $*" >&2
+        exit 1
+    fi
+    return "$rc"
+}
+
+echo "[test] fast suite"
+run_pytest -q
+if [[ $fast == 0 ]]; then
+    echo "[test] real-model suite (vLLM CPU, default model)"
+    run_pytest -q -m vllm
+fi
