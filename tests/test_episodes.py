@@ -323,3 +323,14 @@ async def test_many_concurrent_episodes_share_one_client(make_harness) -> None:
         records = await asyncio.gather(*(h.play() for _ in range(64)))
         assert {r["reward"] for r in records} == {1.0}
         assert len({r["id"] for r in records}) == 64
+
+
+async def test_chat_mode_accepts_calls_written_in_the_text(make_harness) -> None:
+    fenced = '```json\n{"name": "make_move", "arguments": {"position": 4}}\n```'
+    policy = Script([Say(fenced), *moves(0, 2, 6)])
+    async with make_harness({"policy": policy, "user": user_moves(8, 1, 3)}) as h:
+        record = await h.play(token_mode="chat")
+        first = record["messages"][2]
+        assert first["tool_calls"][0]["function"]["name"] == "make_move" and not first["content"]
+        assert "X played 4" in tool_results(record)[0]["content"]
+        assert record["reward"] == 1.0

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from sparring.models import local
-from sparring.models.default_model import join_parts, resolve_model
+from sparring.models.default_model import exclusive_lock, join_parts, resolve_model
 from sparring.models.errors import (
     BackendNotInstalledError,
     ChecksumMismatchError,
     ModelNotFoundError,
     PortInUseError,
     ServerStartError,
+    SparringModelError,
 )
 
 
@@ -222,3 +223,17 @@ def test_cpu_command_and_env(model_dir: Path) -> None:
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["HF_HUB_OFFLINE"] == os.environ.get("HF_HUB_OFFLINE", "1")
     assert "VLLM_CPU_OMP_THREADS_BIND" in env
+
+
+def test_busy_lock_times_out_instead_of_hanging(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    waited = []
+    with (
+        exclusive_lock(lock, 1),
+        pytest.raises(SparringModelError, match="another sparring process"),
+        exclusive_lock(lock, 0.3, lambda: waited.append(True)),
+    ):
+        pass
+    assert waited == [True]
+    with exclusive_lock(lock, 0.3):  # free again
+        pass

@@ -15,6 +15,8 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import orjson
+
 FAKE_TOKENIZER_PREFIX = "sparring-fake:"
 _ANCHOR_USER = {"role": "user", "content": "."}
 
@@ -84,5 +86,34 @@ class TailRenderer:
 
     def _render(self, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tools=self.tools, add_generation_prompt=generation_prompt, tokenize=False
+            [_for_template(m) for m in messages],
+            tools=self.tools,
+            add_generation_prompt=generation_prompt,
+            tokenize=False,
         )
+
+
+def _for_template(message: dict[str, Any]) -> dict[str, Any]:
+    """Hugging Face templates expect tool-call arguments as objects (a JSON string gets encoded twice)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    return {
+        **message,
+        "tool_calls": [
+            {
+                **call,
+                "function": {**call["function"], "arguments": _arguments_object(call["function"].get("arguments"))},
+            }
+            for call in calls
+        ],
+    }
+
+
+def _arguments_object(arguments: Any) -> Any:
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return arguments

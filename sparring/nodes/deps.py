@@ -18,12 +18,14 @@ class EpisodeDeps:
     env: Environment
     clients: ClientPool = field(default_factory=ClientPool)
     tool_specs: dict[str, dict[str, ToolSpec]] = field(init=False)
+    tool_names: dict[str, frozenset[str]] = field(init=False)
     wire_tools: dict[str, list[dict[str, Any]] | None] = field(init=False)
     _renderers: dict[str, TailRenderer] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         actors: tuple[Actor, ...] = ("policy", "user")
         self.tool_specs = {a: {t.name: t for t in self.env.tools(a)} for a in actors}
+        self.tool_names = {a: frozenset(self.tool_specs[a]) for a in actors}
         self.wire_tools = {a: [t.to_openai() for t in self.tool_specs[a].values()] or None for a in actors}
 
     def renderer(self, tokenizer: str) -> TailRenderer:

@@ -29,3 +29,8 @@ def add_usage(state: EpisodeState, role: str, prompt_tokens: int, completion_tok
 def length_stop_reason(completion_tokens: int, max_tokens: int | None) -> str:
     """A reply cut at the per-call budget is max_output_tokens; a cut anywhere else is the context running out."""
     return "max_output_tokens" if max_tokens is not None and completion_tokens >= max_tokens else "context_length"
+
+
+def call_id_prefix(state: EpisodeState, role: str) -> str:
+    """Ids for tool calls sparring parsed itself: unique within the episode, readable in transcripts."""
+    return f"{role}_{state['num_policy_calls' if role == 'policy' else 'num_user_calls']}"

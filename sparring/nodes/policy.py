@@ -13,9 +13,9 @@ from sparring.models.client import Completion, ContextLengthExceeded, ModelCallE
 from sparring.models.tito import TailRenderer, TokenizerUnavailable
 from sparring.models.wire import assistant_message, to_wire, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
-from sparring.nodes.outcome import add_usage, ended, length_stop_reason
+from sparring.nodes.outcome import add_usage, call_id_prefix, ended, length_stop_reason
 from sparring.rollouts.ledger import add_call
-from sparring.tools.parsing import parse_reply
+from sparring.tools.parsing import adopt_text_calls, parse_reply
 
 
 async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
@@ -42,6 +42,9 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
                 tools=deps.wire_tools["policy"],
                 tool_choice=state["limits"]["policy_tool_choice"],
             )
+            completion.text, completion.tool_calls = adopt_text_calls(
+                completion.text, completion.tool_calls, deps.tool_names["policy"], call_id_prefix(state, "policy")
+            )
     except ContextLengthExceeded as exc:
         return {**update, **ended("truncated", "context_length", exc)}
     except (ModelCallError, TokenizerUnavailable) as exc:
@@ -61,7 +64,7 @@ async def call_tokens_in_tokens_out(
         last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
         prompt = segments[-1]["token_ids"] + renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
     completion = await client.complete_tokens(prompt, episode_id=state["episode_id"])
-    parsed = parse_reply(completion.text, frozenset(deps.tool_specs["policy"]), f"call_{state['num_policy_calls']}")
+    parsed = parse_reply(completion.text, deps.tool_names["policy"], call_id_prefix(state, "policy"))
     completion.text, completion.tool_calls = parsed.text, parsed.tool_calls
     return completion
 

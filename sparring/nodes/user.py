@@ -12,7 +12,8 @@ from sparring.graphs.state import EpisodeState
 from sparring.models.client import ContextLengthExceeded, ModelCallError
 from sparring.models.wire import assistant_message, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
-from sparring.nodes.outcome import add_usage, ended
+from sparring.nodes.outcome import add_usage, call_id_prefix, ended
+from sparring.tools.parsing import adopt_text_calls
 
 NOTHING_SHOWN = "(The assistant has not replied yet.)"
 
@@ -39,6 +40,10 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         return {**update, "user_messages": shown, **ended("truncated", "context_length", exc)}
     except ModelCallError as exc:
         return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
+    if tool_choice != "none":
+        completion.text, completion.tool_calls = adopt_text_calls(
+            completion.text, completion.tool_calls, deps.tool_names["user"], call_id_prefix(state, "user")
+        )
     update["usage"] = add_usage(state, "user", completion.prompt_tokens, completion.completion_tokens)
     update["model_s"] = state["model_s"] + completion.latency_s
     reply = assistant_message(completion.text, completion.tool_calls, {"finish_reason": completion.finish_reason})

@@ -41,6 +41,20 @@ def parse_reply(text: str, tool_names: frozenset[str], call_id_prefix: str) -> P
     return ParsedReply(text.strip(), [])
 
 
+def adopt_text_calls(
+    text: str, calls: list[ToolCall], tool_names: frozenset[str], call_id_prefix: str
+) -> tuple[str, list[ToolCall]]:
+    """Calls the server parsed win; without any, calls the model wrote in its text are taken out of it.
+
+    vLLM's hermes parser misses the bare JSON calls small models write, which would otherwise turn a
+    move into plain chat.
+    """
+    if calls or not tool_names:
+        return text, calls
+    parsed = parse_reply(text, tool_names, call_id_prefix)
+    return (parsed.text, parsed.tool_calls) if parsed.tool_calls else (text, calls)
+
+
 def _call(payload: str, call_id: str) -> ToolCall:
     """One call from its JSON; arguments stay raw text so validation reports exactly what was wrong."""
     try:
