@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from sparring.envs.tictactoe import POLICY_PROMPT, USER_PERSONA
@@ -85,7 +86,7 @@ async def test_stop_token_matches_exactly(make_harness) -> None:
 
 
 async def test_context_length_400_truncates(make_harness) -> None:
-    async with make_harness({"policy": Script(moves(4) + [ContextFull()]), "user": user_moves(0)}) as h:
+    async with make_harness({"policy": Script([*moves(4), ContextFull()]), "user": user_moves(0)}) as h:
         record = await h.play()
         assert (record["status"], record["stop_reason"]) == ("truncated", "context_length")
         assert "maximum context length" in record["error"]["message"]
@@ -259,7 +260,7 @@ async def test_token_in_token_out_keeps_one_segment_even_with_a_rewriting_templa
         assert len(record["trajectory"]["segments"]) == 1 and record["trajectory"]["prefix_mismatches"] == 0
         assert {r["path"] for r in h.requests("policy")} == {"/v1/completions"}
         prompts = [r["body"]["prompt"] for r in h.requests("policy")]
-        for earlier, later in zip(prompts, prompts[1:], strict=False):
+        for earlier, later in itertools.pairwise(prompts):
             assert later[: len(earlier)] == earlier
 
 
@@ -334,3 +335,22 @@ async def test_chat_mode_accepts_calls_written_in_the_text(make_harness) -> None
         assert first["tool_calls"][0]["function"]["name"] == "make_move" and not first["content"]
         assert "X played 4" in tool_results(record)[0]["content"]
         assert record["reward"] == 1.0
+
+
+async def test_a_server_that_dies_mid_request_aborts_without_hanging(make_harness) -> None:
+    """The user's server accepts the request, then the process is gone: connection dropped, then refused."""
+
+    async def crash(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.transport.abort()
+        dying.close()
+
+    dying = await asyncio.start_server(crash, "127.0.0.1", 0)
+    port = dying.sockets[0].getsockname()[1]
+    async with make_harness({"policy": Script(moves(4))}) as h:
+        started = asyncio.get_running_loop().time()
+        record = await h.play(user_base_urls=[f"http://127.0.0.1:{port}/v1"], max_retries=2, request_timeout_s=30.0)
+        assert asyncio.get_running_loop().time() - started < 10, "a dead server must not cost a full time-out"
+        assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
+        assert record["num_policy_calls"] == 1 and record["error"]["type"] == "ModelUnavailable"
+        assert "failed after 3 attempts" in record["error"]["message"]

@@ -161,7 +161,7 @@ async def test_win_draw_and_verify() -> None:
     ],
 )
 async def test_bad_seeds_are_named(moves: list, message: str) -> None:
-    with pytest.raises(SeedError, match="env_seed."):
+    with pytest.raises(SeedError, match=r"env_seed\."):
         await TicTacToe().seed({"env_seed": {"initial_moves": moves}})
     with pytest.raises(SeedError) as info:
         await TicTacToe().seed({"env_seed": {"initial_moves": moves}})

@@ -39,7 +39,7 @@ OPENING = "Let's play tic-tac-toe. You are X and you move first."
 USER_PERSONA = (
     "You are playing tic-tac-toe as O against the assistant, who plays X. When it is your turn, call "
     "make_move with the position (0-8, row by row) of an empty cell; then tell the assistant in one short "
-    "sentence which position you took. Never move for X."
+    "sentence of plain words (no JSON, no code) which position you took. Never move for X."
 )
 
 
