@@ -64,7 +64,9 @@ def all_records(records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
 def test_episodes_end_with_a_recorded_status(records: dict[str, list[dict[str, Any]]]) -> None:
     for record in all_records(records):
         assert record["status"] in ("completed", "truncated"), record["error"]
-        assert record["num_policy_calls"] >= 1 and record["num_user_calls"] >= 1
+        assert record["num_policy_calls"] >= 1
+        if record["stop_reason"] not in ("max_output_tokens", "context_length"):
+            assert record["num_user_calls"] >= 1
 
 
 def test_every_policy_call_has_ids_and_logprobs(records: dict[str, list[dict[str, Any]]]) -> None:

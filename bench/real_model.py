@@ -1,0 +1,127 @@
+"""Tic-tac-toe episodes on the real default model (local vLLM): where an episode's time goes, token exactness,
+and vLLM's prefix-cache hit rate, in chat mode and in token-in-token-out mode.
+
+    .venv/bin/sparring models up          # once (or pass --base-url/--model/--tokenizer)
+    .venv/bin/python bench/real_model.py [--episodes 3] [--max-turns 3]
+
+Per mode it plays one warm-up episode (not measured: it loads the tokenizer and warms vLLM), then
+`--episodes` episodes one after another, and prints per episode: wall time, time inside model calls,
+our own time (wall minus model), our process CPU, prefix mismatches and segments; and over the mode:
+vLLM's prefix-cache hit rate from the difference of its /metrics counters before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import time
+import urllib.request
+from dataclasses import replace
+from typing import Any
+
+from sparring.envs.tictactoe import TicTacToe
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.episode import build_graph
+from sparring.nodes.deps import EpisodeDeps
+from sparring.rollouts.runner import run_episode
+
+CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+
+
+def prefix_cache_counters(root_url: str) -> dict[str, float]:
+    """vLLM's prefix-cache counters (summed over label sets) from /metrics."""
+    with urllib.request.urlopen(f"{root_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals = dict.fromkeys(CACHE_COUNTERS, 0.0)
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_:]+)(?:\{[^}]*\})? ([0-9.e+]+)$", line)
+        if match and match.group(1) in totals:
+            totals[match.group(1)] += float(match.group(2))
+    return totals
+
+
+async def play_mode(graph: Any, config: EpisodeConfig, episodes: int, root_url: str) -> list[dict[str, Any]]:
+    """One warm-up episode, then `episodes` measured ones; each row gets our CPU time."""
+    await run_episode(graph, {}, config, env="tictactoe")
+    before = prefix_cache_counters(root_url)
+    rows = []
+    for _ in range(episodes):
+        cpu = time.process_time()
+        record = await run_episode(graph, {}, config, env="tictactoe")
+        record["cpu_s"] = time.process_time() - cpu
+        rows.append(record)
+    after = prefix_cache_counters(root_url)
+    queries = after[CACHE_COUNTERS[0]] - before[CACHE_COUNTERS[0]]
+    hits = after[CACHE_COUNTERS[1]] - before[CACHE_COUNTERS[1]]
+    for row in rows:
+        row["cache_hit_rate"] = hits / queries if queries else float("nan")
+    return rows
+
+
+def report(mode: str, rows: list[dict[str, Any]]) -> None:
+    """Per-episode lines and the mode's medians."""
+    print(f"\n== token mode {mode} ==")
+    print(
+        f"{'status':>10} {'calls':>5} {'wall s':>7} {'model s':>8} {'ours ms':>8} {'ours %':>7} {'cpu ms':>7} "
+        f"{'segments':>8} {'mismatch':>8}"
+    )
+    for r in rows:
+        t = r["timing"]
+        ours = t["wall_s"] - t["model_s"]
+        print(
+            f"{r['stop_reason']:>10} {r['num_policy_calls'] + r['num_user_calls']:>5} {t['wall_s']:>7.2f} "
+            f"{t['model_s']:>8.2f} {ours * 1e3:>8.1f} {100 * ours / t['wall_s']:>6.2f}% {r['cpu_s'] * 1e3:>7.1f} "
+            f"{len(r['trajectory']['segments']):>8} {r['trajectory']['prefix_mismatches']:>8}"
+        )
+    share = statistics.median((r["timing"]["wall_s"] - r["timing"]["model_s"]) / r["timing"]["wall_s"] for r in rows)
+    cpu_share = statistics.median(r["cpu_s"] / r["timing"]["wall_s"] for r in rows)
+    mismatches = statistics.mean(r["trajectory"]["prefix_mismatches"] for r in rows)
+    print(
+        f"median our share of wall time: {100 * share:.2f}% (our CPU: {100 * cpu_share:.2f}% of wall); "
+        f"prefix mismatches per episode: {mismatches:.2f}; "
+        f"vLLM prefix-cache hit rate over these episodes: {100 * rows[0]['cache_hit_rate']:.1f}%"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--max-turns", type=int, default=3)
+    parser.add_argument("--base-url", help="default: the server `sparring models up` started")
+    parser.add_argument("--model")
+    parser.add_argument("--tokenizer", help="the model's local folder (for tito)")
+    args = parser.parse_args()
+    if args.base_url:
+        base_url, model, tokenizer = args.base_url, args.model or "policy", args.tokenizer
+    else:
+        from sparring.models.local import local_endpoints
+
+        local = local_endpoints().get("policy")
+        if local is None:
+            raise SystemExit("no local model server: run `.venv/bin/sparring models up` or pass --base-url")
+        base_url, model, tokenizer = local["base_url"], local["model"], args.tokenizer or local["model_path"]
+    deps = EpisodeDeps(TicTacToe())
+    graph = build_graph(deps.env, deps)
+    config = EpisodeConfig(
+        policy_base_urls=[base_url],
+        user_base_urls=[base_url],
+        policy_model=model,
+        user_model=model,
+        policy_tokenizer=tokenizer,
+        user_tool_choice="required",
+        max_turns=args.max_turns,
+        policy_max_tokens=96,
+        user_max_tokens=64,
+        request_timeout_s=300,
+    )
+    root_url = base_url.removesuffix("/v1")
+    print(f"server {base_url}, model {model}, {args.episodes} episodes per mode, max_turns {args.max_turns}")
+    for mode in ("chat", "tito"):
+        report(mode, await play_mode(graph, replace(config, token_mode=mode), args.episodes, root_url))
+    await deps.clients.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
