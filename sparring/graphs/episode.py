@@ -15,7 +15,9 @@
     user_tools   --no steps left---------------> policy (or verify at max turns)
     verify -> END
 
-Nodes decide and record (status, counters); routing functions only read state.
+Nodes decide and record (status, counters); routing functions only read state. They are `async`
+although they never await: LangGraph runs a plain function in a worker thread, and that hop was the
+largest single cost of a routing decision (bench/README.md).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def build_graph(env: Environment, deps: EpisodeDeps | None = None) -> CompiledSt
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
 
 
-def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]:
+async def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]:
     """The policy answers the opening; with no user message yet, the user speaks first."""
     if state["status"]:
         return "verify"
@@ -73,7 +75,7 @@ def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]
     return "user"
 
 
-def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "verify"]:
+async def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "verify"]:
     """Tool calls are executed; a plain reply ends the policy's turn; a full context or failure ends the episode."""
     if state["status"]:
         return "verify"
@@ -82,7 +84,7 @@ def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "
     return "user"
 
 
-def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
+async def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
     """The environment is asked after every tool step: done ends the episode at once."""
     if state["status"]:
         return "verify"
@@ -91,7 +93,7 @@ def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy",
     return "user"
 
 
-def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
+async def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
     """The user's own tool calls run first; its text goes to the policy unless the episode ended."""
     if state["status"]:
         return "verify"
@@ -100,7 +102,7 @@ def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "ve
     return "policy"
 
 
-def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
+async def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
     """Done ends the episode; otherwise the user continues, unless its steps ran out (turn already closed)."""
     if state["status"]:
         return "verify"
