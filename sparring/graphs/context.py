@@ -28,12 +28,14 @@ class EpisodeConfig:
     policy_model: str = _setting("policy", "Model name the policy server serves.")
     policy_api_key: str | None = _setting(None, "Bearer token for the policy server, if it needs one.")
     policy_temperature: float | None = _setting(1.0, "Sampling temperature of the policy (None: server default).")
+    policy_top_p: float | None = _setting(None, "Nucleus sampling of the policy (None: server default).")
     policy_max_tokens: int | None = _setting(512, "Most tokens one policy call may generate.")
     policy_tool_choice: ToolChoice = _setting("auto", "tool_choice sent with every policy call.")
     user_base_urls: list[str] = _setting(["http://127.0.0.1:8000/v1"], "Simulated-user model server(s).")
     user_model: str = _setting("user", "Model name the user server serves.")
     user_api_key: str | None = _setting(None, "Bearer token for the user server, if it needs one.")
     user_temperature: float | None = _setting(0.7, "Sampling temperature of the simulated user.")
+    user_top_p: float | None = _setting(None, "Nucleus sampling of the simulated user (None: server default).")
     user_max_tokens: int | None = _setting(256, "Most tokens one user call may generate.")
     user_tool_choice: ToolChoice = _setting(
         "auto", "tool_choice for the user's first step in a turn; its last allowed step is always 'none'."

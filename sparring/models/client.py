@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -73,7 +73,6 @@ class Completion:
     completion_logprobs: list[float] | None = None
     latency_s: float = 0.0
     max_tokens: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def pick_replica(base_urls: tuple[str, ...], episode_id: str) -> str:

@@ -18,6 +18,7 @@ def endpoint_config(config: EpisodeConfig, role: Role) -> EndpointConfig:
         model=getattr(config, prefix + "model"),
         api_key=getattr(config, prefix + "api_key"),
         temperature=getattr(config, prefix + "temperature"),
+        top_p=getattr(config, prefix + "top_p"),
         max_tokens=getattr(config, prefix + "max_tokens"),
         timeout_s=config.request_timeout_s,
         max_retries=config.max_retries,

@@ -68,14 +68,12 @@ def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
 
 def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str, Any]:
     """Pass the user's text to the policy and close the turn, or end the episode on a stop token or silence."""
-    stop_tokens = state["limits"]["user_stop_tokens"]
-    stopped = any(token and token in text for token in stop_tokens)
+    stop_tokens = [token for token in state["limits"]["user_stop_tokens"] if token]
+    stopped = any(token in text for token in stop_tokens)
     visible = text
-    if stopped:
-        for token in stop_tokens:
-            if token:
-                visible = visible.replace(token, "")
-        visible = visible.strip()
+    for token in stop_tokens:
+        visible = visible.replace(token, "")
+    visible = visible.strip()
     delivered = [HumanMessage(content=visible)] if visible else []
     if stopped:
         return {"messages": delivered, **ended("completed", "user_stop")}
