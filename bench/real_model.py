@@ -105,12 +105,12 @@ async def main() -> None:
     deps = EpisodeDeps(TicTacToe())
     graph = build_graph(deps.env, deps)
     config = EpisodeConfig(
+        **deps.env.settings,
         policy_base_urls=[base_url],
         user_base_urls=[base_url],
         policy_model=model,
         user_model=model,
         policy_tokenizer=tokenizer,
-        user_tool_choice="required",
         max_turns=args.max_turns,
         policy_max_tokens=96,
         user_max_tokens=64,

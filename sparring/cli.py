@@ -108,10 +108,8 @@ def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
 
 
 def default_config(env_name: str) -> EpisodeConfig:
-    """Per-environment defaults: tic-tac-toe's user must move each turn (tool_choice required)."""
-    if env_name == "tictactoe":
-        return EpisodeConfig(user_tool_choice="required")
-    return EpisodeConfig()
+    """The settings an environment is meant to be played with (flags and variables override them)."""
+    return replace(EpisodeConfig(), **get_environment(env_name).settings)
 
 
 def _env_list(name: str) -> list[str]:

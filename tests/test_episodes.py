@@ -160,14 +160,10 @@ async def test_malformed_arguments_and_illegal_moves_are_tool_errors_and_the_gam
             Call("make_move", {"position": "4"}),  # wrong type
             Call("make_move", {"position": 9}),  # out of range
             Call("jump", {}),  # unknown tool
-            Call("make_move", {"position": 4}),  # legal
-            Say("Your move."),
+            Call("make_move", {"position": 4}),  # legal: X's turn is over
             Call("make_move", {"position": 8}),  # taken by O
             Call("make_move", {"position": 0}),
-            Say("Your move."),
-            *moves(2),
-            Say("Your move."),
-            *moves(6),
+            *moves(2, 6),
         ]
     )
     async with make_harness({"policy": policy, "user": user_moves(8, 1, 3)}) as h:
@@ -266,7 +262,7 @@ async def test_token_in_token_out_keeps_one_segment_even_with_a_rewriting_templa
 
 async def test_tito_parses_bare_json_calls_and_reports_bad_ones(make_harness) -> None:
     bad = Say('{"name": "make_move", "arguments": {"position": 11}}')
-    policy = Script([bad, *moves(4, 0), Say("ok"), *moves(2), Say("ok"), *moves(6)])
+    policy = Script([bad, *moves(4, 0, 2, 6)])
     async with make_harness({"policy": policy, "user": user_moves(8, 1, 3)}) as h:
         record = await h.play(token_mode="tito", policy_tokenizer="sparring-fake:chatml", max_steps_per_turn=2)
         first = tool_results(record)[0]["content"]
@@ -354,3 +350,15 @@ async def test_a_server_that_dies_mid_request_aborts_without_hanging(make_harnes
         assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
         assert record["num_policy_calls"] == 1 and record["error"]["type"] == "ModelUnavailable"
         assert "failed after 3 attempts" in record["error"]["message"]
+
+
+async def test_an_illegal_move_gets_a_retry_and_a_legal_one_ends_the_turn(make_harness) -> None:
+    policy = Script([*moves(9, 4), *moves(0, 2, 6)])
+    user = Script([Call("make_move", {"position": 4}), Call("make_move", {"position": 8}), Say("I took 8.")])
+    async with make_harness({"policy": policy, "user": user}) as h:
+        record = await h.play(max_steps_per_turn=3, max_user_steps_per_turn=3, max_turns=1)
+        policy_calls = [m for m in record["messages"] if m["role"] == "assistant"]
+        assert len(policy_calls) == 2, "one retry after the illegal move, then the legal move ends the turn"
+        user_choices = [r["body"]["tool_choice"] for r in h.requests("user", record["id"])]
+        assert user_choices == ["required", "auto", "none"], "after its legal move the user is asked for words"
+        assert board(record)[4] == "X" and board(record)[8] == "O"

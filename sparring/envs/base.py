@@ -7,7 +7,7 @@ always holds the truth and nothing hides in the environment object.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -30,6 +30,8 @@ class Environment(Protocol):
     """Per-episode state plus tools for each actor, a seed, a done signal and a verify."""
 
     name: str
+    settings: Mapping[str, Any]
+    """Run settings (EpisodeConfig fields) the environment is meant to be played with; explicit ones win."""
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
         """The tools `actor` may call (empty for none)."""
@@ -49,6 +51,10 @@ class Environment(Protocol):
 
     def is_done(self, state: Any) -> bool:
         """Whether the episode has reached its natural end."""
+        ...
+
+    def turn_over(self, state: Any, actor: Actor) -> bool:
+        """Whether `actor` has finished its turn (e.g. it moved): the graph then hands over, steps left or not."""
         ...
 
     async def call_tool(self, state: Any, actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:

@@ -6,7 +6,8 @@ is an error the actor sees, not a move for the other side.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -51,6 +52,10 @@ class TicTacToe:
     """The tic-tac-toe environment; the episode state is a JSON-able dict."""
 
     name = "tictactoe"
+    # The user must move each turn; a player gets retries after an illegal move, and a legal one ends its turn.
+    settings: Mapping[str, Any] = MappingProxyType(
+        {"user_tool_choice": "required", "max_steps_per_turn": 3, "max_user_steps_per_turn": 3}
+    )
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
         """Both players move with the same tool; the environment never acts itself."""
@@ -81,6 +86,10 @@ class TicTacToe:
     def is_done(self, state: dict[str, Any]) -> bool:
         """Won or full."""
         return state["winner"] is not None
+
+    def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
+        """A player's turn is over once the other mark is to move (its move was legal, or it was never its turn)."""
+        return state["next_mark"] != MARKS.get(actor)
 
     async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
         """Play one move for `actor`; anything illegal comes back as an error with the board unchanged."""

@@ -5,8 +5,8 @@
     policy       --reply ends the turn---------> user
     policy       --context full / failure------> verify
     policy_tools --env done--------------------> verify
-    policy_tools --steps left in the turn------> policy
-    policy_tools --no steps left---------------> user
+    policy_tools --steps left, turn not over---> policy
+    policy_tools --no steps left / turn over---> user
     user         --tool calls (its own move)---> user_tools
     user         --text, turns left------------> policy
     user         --stop token / silence / max turns / failure--> verify
@@ -85,10 +85,10 @@ async def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "us
 
 
 async def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
-    """The environment is asked after every tool step: done ends the episode at once."""
+    """The environment is asked after every tool step: done ends the episode, a finished turn hands over."""
     if state["status"]:
         return "verify"
-    if state["policy_steps"] < state["limits"]["max_steps_per_turn"]:
+    if state["policy_steps"] < state["limits"]["max_steps_per_turn"] and not state["turn_over"]:
         return "policy"
     return "user"
 

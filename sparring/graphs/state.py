@@ -49,6 +49,7 @@ class EpisodeState(TypedDict, total=False):
     turn_start: int
     policy_steps: int
     user_steps: int
+    turn_over: bool
     num_policy_calls: int
     num_user_calls: int
     ledger: Ledger

@@ -24,6 +24,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         "turn": 0,
         "policy_steps": 0,
         "user_steps": 0,
+        "turn_over": False,
         "num_policy_calls": 0,
         "num_user_calls": 0,
         "ledger": new_ledger(),

@@ -64,6 +64,8 @@ async def run_tools(
         return update
     if deps.env.is_done(env_state):
         update.update(ended("completed", "env_done"))
-    elif actor == "user" and state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]:
+        return update
+    update["turn_over"] = deps.env.turn_over(env_state, actor)
+    if actor == "user" and state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]:
         update.update(close_user_turn(state, [], deps, env_state))
     return update

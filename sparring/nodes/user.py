@@ -24,8 +24,8 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     limits = state["limits"]
     step = state["user_steps"] + 1
     shown = [] if state["user_steps"] else [HumanMessage(content=policy_turn_for_user(state, deps))]
-    if step >= limits["max_user_steps_per_turn"]:
-        tool_choice = "none"
+    if step >= limits["max_user_steps_per_turn"] or (step > 1 and state["turn_over"]):
+        tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:
         tool_choice = limits["user_tool_choice"] if step == 1 else "auto"
     update: dict[str, Any] = {"user_steps": step, "num_user_calls": state["num_user_calls"] + 1}

@@ -29,12 +29,12 @@ async def records(vllm_server: ServerRecord) -> AsyncIterator[dict[str, list[dic
     deps = EpisodeDeps(TicTacToe())
     graph = build_graph(deps.env, deps)
     config = EpisodeConfig(
+        **deps.env.settings,
         policy_base_urls=[vllm_server.base_url],
         user_base_urls=[vllm_server.base_url],
         policy_model=vllm_server.model,
         user_model=vllm_server.model,
         policy_tokenizer=vllm_server.model_path,
-        user_tool_choice="required",
         max_turns=3,
         policy_max_tokens=96,
         user_max_tokens=64,
