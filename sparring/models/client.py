@@ -18,7 +18,8 @@ import orjson
 
 from sparring.tools.specs import ToolCall
 
-CONTEXT_LENGTH_MARKERS = ("maximum context length", "context length", "too long")
+# vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
+CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
 
 
 class ModelCallError(Exception):
@@ -56,7 +57,6 @@ class EndpointConfig:
     retry_backoff_s: float = 0.25
     capture_tokens: bool = False
     max_connections: int = 512
-    extra_body: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(slots=True)
@@ -116,7 +116,6 @@ class ModelClient:
             )
             if value is not None
         }
-        self._sampling.update(dict(config.extra_body))
         if config.capture_tokens:
             self._sampling.update(return_token_ids=True, logprobs=True, top_logprobs=0)
 
@@ -228,13 +227,14 @@ class ModelClient:
         payload = orjson.dumps(body)
         headers = {**self._headers, "X-Session-ID": episode_id}
         last_error = ""
+        started: float | None = None  # model time includes failed attempts and backoff, not waiting for a slot
         assert self._slots is not None
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
             try:
                 async with self._slots:
-                    started = time.perf_counter()
+                    started = started or time.perf_counter()
                     async with session.post(url, data=payload, headers=headers, timeout=self._timeout) as resp:
                         raw = await resp.read()
                         latency = time.perf_counter() - started
