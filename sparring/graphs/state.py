@@ -43,7 +43,6 @@ class EpisodeState(TypedDict, total=False):
     limits: Limits
     messages: Annotated[list[AnyMessage], operator.add]
     user_messages: Annotated[list[AnyMessage], operator.add]
-    num_opening_messages: int
     env_state: Any
     turn: int
     turn_start: int

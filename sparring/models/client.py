@@ -25,13 +25,9 @@ CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
 class ModelCallError(Exception):
     """A model call that could not produce a reply."""
 
-    error_type = "model_error"
-
 
 class ContextLengthExceeded(ModelCallError):
     """The prompt no longer fits the model's context window (vLLM's 400)."""
-
-    error_type = "context_length"
 
 
 class ModelRequestError(ModelCallError):

@@ -39,7 +39,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     try:
         env_state = await deps.env.seed(task)
     except Exception as exc:
-        return {**base, "num_opening_messages": 0, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
+        return {**base, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
     opening = [dict(m) for m in task.get("messages") or deps.env.default_messages()]
     observation = deps.env.observe(env_state, "policy")
     messages = [from_wire(m) for m in opening]
@@ -51,7 +51,6 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         **base,
         "env_state": env_state,
         "messages": messages,
-        "num_opening_messages": len(messages),
         "turn_start": len(messages),
         "user_messages": user_view_of_opening(deps.env.user_persona(task), opening),
     }

@@ -7,7 +7,7 @@ re-rendered or re-tokenised.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
 
 class Segment(TypedDict):
@@ -97,13 +97,3 @@ def check_invariants(ledger: Ledger) -> list[str]:
         if any(m not in (0, 1) for m in seg["loss_mask"]):
             problems.append(f"segment {i}: loss mask has values other than 0 and 1")
     return problems
-
-
-def summary(ledger: Ledger) -> dict[str, Any]:
-    """Counts for logs and metrics."""
-    return {
-        "segments": len(ledger["segments"]),
-        "tokens": sum(len(s["token_ids"]) for s in ledger["segments"]),
-        "trained_tokens": sum(sum(s["loss_mask"]) for s in ledger["segments"]),
-        "prefix_mismatches": ledger["prefix_mismatches"],
-    }
