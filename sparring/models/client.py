@@ -8,7 +8,6 @@ fields, which LangChain's ChatOpenAI drops.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sparring.models.replicas import ReplicaSet
 from sparring.tools.specs import ToolCall
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
@@ -71,13 +71,6 @@ class Completion:
     max_tokens: int | None = None
 
 
-def pick_replica(base_urls: tuple[str, ...], episode_id: str) -> str:
-    """Rendezvous hashing: an episode always lands on the same replica, and few move when replicas change."""
-    if len(base_urls) == 1:
-        return base_urls[0]
-    return max(base_urls, key=lambda url: hashlib.blake2b(f"{episode_id}|{url}".encode(), digest_size=8).digest())
-
-
 def parse_tool_calls(message: dict[str, Any]) -> list[ToolCall]:
     """The server-parsed tool calls of a chat message, arguments kept as the raw text the model wrote."""
     calls = message.get("tool_calls") or ()
@@ -96,6 +89,7 @@ class ModelClient:
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
+        self.replicas = ReplicaSet(config.base_urls)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -219,22 +213,34 @@ class ModelClient:
     async def _post(self, path: str, body: dict[str, Any], episode_id: str) -> tuple[dict[str, Any], float]:
         """POST with bounded retries on 5xx, connection errors and time-outs; never on 4xx."""
         session = self._ensure_session()
-        url = pick_replica(self.config.base_urls, episode_id).rstrip("/") + path
         payload = orjson.dumps(body)
         headers = {**self._headers, "X-Session-ID": episode_id}
         last_error = ""
         started: float | None = None  # model time includes failed attempts and backoff, not waiting for a slot
         assert self._slots is not None
+        replicas = self.replicas
+        url = ""
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
+            replica = replicas.pick(episode_id)  # re-picked per attempt: a replica taken out meanwhile hands over
+            url = replica.rstrip("/") + path
             try:
                 async with self._slots:
                     started = started or time.perf_counter()
-                    async with session.post(url, data=payload, headers=headers, timeout=self._timeout) as resp:
-                        raw = await resp.read()
-                        latency = time.perf_counter() - started
-                        status = resp.status
+                    replicas.started(replica)
+                    healthy: bool | None = None  # None: cancelled, which says nothing about the replica
+                    try:
+                        async with session.post(url, data=payload, headers=headers, timeout=self._timeout) as resp:
+                            raw = await resp.read()
+                            latency = time.perf_counter() - started
+                            status = resp.status
+                        healthy = status < 500
+                    except (TimeoutError, aiohttp.ClientError):
+                        healthy = False
+                        raise
+                    finally:
+                        replicas.finished(replica, ok=healthy)
             except TimeoutError:
                 last_error = f"no reply within {self.config.timeout_s:g} s"
                 continue

@@ -48,6 +48,11 @@ class ClientPool:
             client = self._clients[endpoint] = ModelClient(endpoint)
         return client
 
+    def release(self, episode_id: str) -> None:
+        """Forget a finished episode's replica pins in every client."""
+        for client in self._clients.values():
+            client.replicas.release(episode_id)
+
     async def aclose(self) -> None:
         """Close every pooled HTTP session."""
         for client in self._clients.values():

@@ -23,5 +23,6 @@ async def verify(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
             update.update(ended("aborted", "env_error", exc))
         else:
             update.update(reward=verdict.reward, reward_components=verdict.components, env_result=verdict.result)
+    deps.clients.release(state["episode_id"])  # no more model calls: free its replica pins
     update["wall_s"] = time.time() - state["started_at"]
     return update
