@@ -1,0 +1,109 @@
+"""The notebooks run end to end against the scripted model server, in a real Jupyter kernel, and stay stripped."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from sparring.notebook import ledger_html, open_models, wants_real_model
+from sparring.testing.tokenizer import TOKEN_STRINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ENDPOINT_VARIABLES = (
+    "SPARRING_NOTEBOOK_MODEL",
+    "SPARRING_POLICY_BASE_URL",
+    "SPARRING_POLICY_MODEL",
+    "SPARRING_USER_BASE_URL",
+    "SPARRING_USER_MODEL",
+)
+KERNEL = "sparring-tests"
+
+
+@pytest.fixture
+def kernel_of_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernel spec that runs this interpreter (the venv's), whatever other kernels the machine has."""
+    spec = tmp_path / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    for name in ENDPOINT_VARIABLES:  # the notebooks must start their own scripted server here
+        monkeypatch.delenv(name, raising=False)
+    return KERNEL
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path: Path, kernel_of_this_python: str) -> None:
+    """Every cell runs without an error (the notebooks assert on what they show)."""
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name=kernel_of_this_python, resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    errors = [o for cell in notebook.cells for o in cell.get("outputs", ()) if o.output_type == "error"]
+    assert errors == []
+    assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stripped_and_says_how_to_use_the_real_model(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    dirty = [
+        index
+        for index, cell in enumerate(notebook.cells)
+        if cell.get("metadata") or (cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None))
+    ]
+    assert dirty == [], f"{path.name}: cells {dirty} carry outputs; run .venv/bin/python scripts/strip_notebooks.py"
+    assert set(notebook.metadata) <= {"kernelspec", "language_info"}
+    top = "".join(cell.source for cell in notebook.cells[:3])
+    assert "SPARRING_NOTEBOOK_MODEL=real" in top and "sparring models up" in top
+
+
+def test_real_model_is_chosen_by_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not wants_real_model()
+    monkeypatch.setenv("SPARRING_NOTEBOOK_MODEL", "real")
+    assert wants_real_model()
+    monkeypatch.delenv("SPARRING_NOTEBOOK_MODEL")
+    monkeypatch.setenv("SPARRING_POLICY_BASE_URL", "http://127.0.0.1:9/v1")
+    assert wants_real_model()
+
+
+async def test_real_endpoints_come_from_the_variables_like_sparring_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARRING_POLICY_BASE_URL", "http://127.0.0.1:9/v1,http://127.0.0.1:10/v1")
+    monkeypatch.setenv("SPARRING_USER_BASE_URL", "http://127.0.0.1:11/v1")
+    monkeypatch.setenv("SPARRING_USER_MODEL", "simulated")
+    models = await open_models("tictactoe")
+    assert models.server is None
+    assert models.config.policy_base_urls == ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"]
+    assert (models.config.user_base_urls, models.config.user_model) == (["http://127.0.0.1:11/v1"], "simulated")
+    assert models.config.max_steps_per_turn == 3  # the environment's own settings still apply
+
+
+def test_ledger_view_colours_every_token_by_its_mask() -> None:
+    ids = [1, 75, 76, 2, 75]  # <|im_start|> 'H' 'I' <|im_end|> 'H'
+    record = {
+        "trajectory": {
+            "segments": [{"token_ids": ids, "loss_mask": [0, 0, 1, 1, 0], "logprobs": [0, 0, -0.25, -0.5, 0]}],
+            "prefix_mismatches": 0,
+            "calls": [],
+        }
+    }
+
+    def token_text(token_ids):
+        return [TOKEN_STRINGS[i] for i in token_ids]
+
+    page = ledger_html(record, token_text)
+    assert page.count('class="t m0') == 3 and page.count('class="t m1') == 2
+    assert "logprob -0.2500" in page and "logprob -0.5000" in page
+    assert "&lt;|im_end|&gt;" in page  # token text is escaped, specials included
+    shortened = ledger_html(record, token_text, max_tokens=2)
+    assert shortened.count('class="t ') == 2 and "3 earlier tokens not shown" in shortened
