@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sparring.models.latency import LatencyHistogram
 from sparring.models.replicas import ReplicaSet
 from sparring.tools.specs import ToolCall
 
@@ -90,6 +91,7 @@ class ModelClient:
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.replicas = ReplicaSet(config.base_urls)
+        self.latency = LatencyHistogram()  # successful calls only, retries and backoff included
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -248,6 +250,7 @@ class ModelClient:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
             if status < 400:
+                self.latency.add(latency)
                 return orjson.loads(raw), latency
             detail = _error_message(raw)
             if status >= 500:
