@@ -453,6 +453,35 @@ async def test_async_callables_are_responders() -> None:
     assert body["choices"][0]["message"]["content"] == "call 0 of s1"
 
 
+async def test_n_choices_take_the_next_steps_and_streaming_matches_the_plain_reply() -> None:
+    steps = [Say("héllo"), Call("make_move", {"position": 4}), Say("héllo"), Call("make_move", {"position": 4})]
+    async with FakeModelServer({"policy": Script(steps)}) as server:
+        extra = {"return_token_ids": True, "logprobs": True, "n": 2}
+        _, plain = await chat(server, OPENING, session_id="plain", **extra)
+        body = {"model": "policy", "messages": OPENING, "tools": [MAKE_MOVE], "stream": True, **extra}
+        body["stream_options"] = {"include_usage": True}
+        async with aiohttp.ClientSession() as http, http.post(f"{server.base_url}/chat/completions", json=body) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            events = [line[6:] async for line in resp.content if line.startswith(b"data: ")]
+        _, too_many = await chat(server, OPENING, n=99)
+    assert too_many["error"]["message"] == "`n` must be an integer from 1 to 16, got 99."
+    assert events[-1].strip() == b"[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert chunks[0]["prompt_token_ids"] == plain["prompt_token_ids"]
+    for index, expected in enumerate(plain["choices"]):
+        mine = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == index]
+        assert [t for c in mine for t in c.get("token_ids", [])] == expected["token_ids"]
+        assert [e for c in mine[1:] for e in c["logprobs"]["content"]] == expected["logprobs"]["content"]
+        content = "".join(c["delta"].get("content") or "" for c in mine)
+        assert content == (expected["message"]["content"] or "")
+        streamed_calls = [call["function"] for c in mine for call in c["delta"].get("tool_calls", [])]
+        assert streamed_calls == [call["function"] for call in expected["message"]["tool_calls"]]
+        assert mine[-1]["finish_reason"] == expected["finish_reason"]
+    assert [c["finish_reason"] for c in plain["choices"]] == ["stop", "tool_calls"]
+    assert plain["choices"][0]["message"]["content"] == "héllo"
+
+
 # -- running it -------------------------------------------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 Replies come from responders (see `responders`), chosen per request by the `model` field; prompts and
 replies go through the fixed template and byte tokenizer of `tokenizer`, so token ids stay consistent
-across turns exactly as a ledger expects. Endpoints: `POST /v1/chat/completions`, token-in
-`POST /v1/completions`, `GET /v1/models`, `GET /health`, `POST /tokenize`, `POST /detokenize`.
+across turns exactly as a ledger expects. Endpoints: `POST /v1/chat/completions` (with `n` choices,
+each the responder's next step, and `stream: true` as vLLM's server-sent events, token ids included),
+token-in `POST /v1/completions`, `GET /v1/models`, `GET /health`, `POST /tokenize`, `POST /detokenize`.
 
 In the same event loop:
 
@@ -80,6 +81,8 @@ DESCRIPTION = (
 )
 DEFAULT_MAX_MODEL_LEN = 32768
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+MAX_CHOICES = 16
+"""The most completions (`n`) one chat request may ask for."""
 """vLLM's (and OpenAI's) default `max_tokens` for /v1/completions."""
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -294,16 +297,23 @@ class FakeModelServer:
             tool_choice = body.get("tool_choice") or ("auto" if tools else "none")
             prompt_ids = encode(render_messages(messages, tools, True, self.template))
             max_tokens = self._max_tokens(body.get("max_completion_tokens") or body.get("max_tokens"), prompt_ids)
-            call = self._model_request(request, model, messages, tools, tool_choice, max_tokens, "chat")
-            step = await self._next_step(responder, call, len(prompt_ids))
+            steps = []
+            for _ in range(self._num_choices(body.get("n"))):  # each choice is the responder's next step
+                call = self._model_request(request, model, messages, tools, tool_choice, max_tokens, "chat")
+                steps.append(await self._next_step(responder, call, len(prompt_ids)))
         except _Refusal as refusal:
             return refusal.response()
-        completion = self._generate(step, max_tokens, parse_tools=bool(tools) and tool_choice != "none")
-        return _json_response(self._chat_body(model, body, prompt_ids, completion))
+        parse_tools = bool(tools) and tool_choice != "none"
+        completions = [self._generate(step, max_tokens, parse_tools) for step in steps]
+        if body.get("stream"):
+            return await self._stream(request, self._chat_chunks(model, body, prompt_ids, completions))
+        return _json_response(self._chat_body(model, body, prompt_ids, completions))
 
     async def _completions(self, request: web.Request) -> web.Response:
         try:
             model, body, responder = await self._accept(request)
+            if body.get("stream"):
+                raise _bad_request("The scripted model server streams chat completions only; send stream=false.")
             prompt_ids = self._prompt_ids(body.get("prompt"))
             messages, tools = parse_prompt(decode(prompt_ids))
             max_tokens = self._max_tokens(body.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS), prompt_ids)
@@ -374,8 +384,6 @@ class FakeModelServer:
         model = body.get("model") or ""
         if self.record:
             self.requests.append({"path": request.path, "model": model, "body": body, "headers": request.headers})
-        if body.get("stream"):
-            raise _bad_request("The scripted model server does not stream; send stream=false.")
         responder = self.responders.get(model) or self.responders.get(self.fallback or "")
         if responder is None:
             raise _Refusal(404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"))
@@ -463,32 +471,105 @@ class FakeModelServer:
             "function": {"name": call.name, "arguments": arguments},
         }
 
-    def _usage(self, prompt_ids: list[int], completion: _Completion) -> dict[str, int]:
-        prompt, generated = len(prompt_ids), len(completion.ids)
+    def _usage(self, prompt_ids: list[int], *completions: _Completion) -> dict[str, int]:
+        prompt, generated = len(prompt_ids), sum(len(completion.ids) for completion in completions)
         return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
+    @staticmethod
+    def _num_choices(n: Any) -> int:
+        if n is None:
+            return 1
+        if type(n) is not int or not 1 <= n <= MAX_CHOICES:
+            raise _bad_request(f"`n` must be an integer from 1 to {MAX_CHOICES}, got {n!r}.")
+        return n
+
     def _chat_body(
-        self, model: str, body: dict[str, Any], prompt_ids: list[int], completion: _Completion
+        self, model: str, body: dict[str, Any], prompt_ids: list[int], completions: list[_Completion]
     ) -> dict[str, Any]:
-        message = {"role": "assistant", "content": completion.content, "tool_calls": completion.tool_calls}
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": message,
-            "logprobs": _chat_logprobs(completion.ids, body.get("top_logprobs") or 0) if body.get("logprobs") else None,
-            "finish_reason": completion.finish_reason,
-            "stop_reason": None,
-        }
+        choices = []
+        for index, completion in enumerate(completions):
+            message = {"role": "assistant", "content": completion.content, "tool_calls": completion.tool_calls}
+            logprobs = _chat_logprobs(completion.ids, body.get("top_logprobs") or 0) if body.get("logprobs") else None
+            choice: dict[str, Any] = {
+                "index": index,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": completion.finish_reason,
+                "stop_reason": None,
+            }
+            if body.get("return_token_ids"):
+                choice["token_ids"] = completion.ids
+            choices.append(choice)
         response: dict[str, Any] = {
             "id": f"chatcmpl-{next(self._ids):08x}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [choice],
-            "usage": self._usage(prompt_ids, completion),
+            "choices": choices,
+            "usage": self._usage(prompt_ids, *completions),
         }
         if body.get("return_token_ids"):
-            choice["token_ids"] = completion.ids
             response["prompt_token_ids"] = prompt_ids
+        return response
+
+    def _chat_chunks(
+        self, model: str, body: dict[str, Any], prompt_ids: list[int], completions: list[_Completion]
+    ) -> list[dict[str, Any]]:
+        """vLLM's stream: per choice a role chunk (the prompt ids on it), then one chunk per token, interleaved.
+
+        Each token chunk carries its id and logprob; text arrives as it decodes (a character cut between
+        tokens waits for its last byte); tool calls come whole on the choice's last token, as vLLM's
+        parsers send them once the call is complete; the usage chunk follows when asked for.
+        """
+        head = {"id": f"chatcmpl-{next(self._ids):08x}", "object": "chat.completion.chunk", "created": int(time.time())}
+        head["model"] = model
+        per_choice = [self._choice_chunks(head, body, prompt_ids, i, c) for i, c in enumerate(completions)]
+        chunks = [chunk for group in itertools.zip_longest(*per_choice) for chunk in group if chunk is not None]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**head, "choices": [], "usage": self._usage(prompt_ids, *completions)})
+        return chunks
+
+    def _choice_chunks(
+        self, head: dict[str, Any], body: dict[str, Any], prompt_ids: list[int], index: int, completion: _Completion
+    ) -> list[dict[str, Any]]:
+        with_ids = bool(body.get("return_token_ids"))
+        logprobs = None
+        if body.get("logprobs"):
+            logprobs = _chat_logprobs(completion.ids, body.get("top_logprobs") or 0)["content"]
+        first = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        chunks = [{**head, "choices": [first], **({"prompt_token_ids": prompt_ids} if with_ids else {})}]
+        shown = ""
+        last = len(completion.ids) - 1
+        for position, token_id in enumerate(completion.ids):
+            delta: dict[str, Any] = {}
+            if completion.tool_calls:
+                if position == 0 and completion.content:
+                    delta["content"] = completion.content
+                if position == last:
+                    delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(completion.tool_calls)]
+            else:
+                text = decode(completion.ids[: position + 1], skip_special_tokens=True)
+                if position == last or not text.endswith("\ufffd"):
+                    delta["content"], shown = text[len(shown) :], text
+            choice: dict[str, Any] = {
+                "index": index,
+                "delta": delta,
+                "logprobs": {"content": logprobs[position : position + 1]} if logprobs is not None else None,
+                "finish_reason": completion.finish_reason if position == last else None,
+            }
+            if with_ids:
+                choice["token_ids"] = [token_id]
+            chunks.append({**head, "choices": [choice]})
+        return chunks
+
+    async def _stream(self, request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+        """Send chunks as server-sent events, then `data: [DONE]`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
         return response
 
     def _completion_body(
