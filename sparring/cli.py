@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 
 from sparring.envs.registry import ENVIRONMENTS, get_environment
+from sparring.graphs import commands as graph_commands
 from sparring.graphs.episode import build_graph
 from sparring.models import commands as model_commands
 from sparring.nodes.deps import EpisodeDeps
 from sparring.options import UsageError, add_episode_options, episode_config
+from sparring.rollouts import show
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
@@ -55,7 +57,7 @@ async def _run(args: argparse.Namespace) -> int:
             on_update=None if args.quiet else lambda node, update: print_update(node, update),
         )
     finally:
-        await deps.clients.aclose()
+        await deps.aclose()
     line = orjson.dumps(record)
     if args.output:
         with open(args.output, "ab") as handle:
@@ -79,12 +81,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
 
-def cmd_graph(args: argparse.Namespace) -> int:
-    """Print the compiled graph as Mermaid text (the same graph every face runs)."""
-    print(build_graph(get_environment(args.env)).get_graph().draw_mermaid())
-    return 0
-
-
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="sparring", description=__doc__)
@@ -101,10 +97,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_episode_options(run)
     run.set_defaults(func=cmd_run)
 
-    graph = sub.add_parser("graph", help="print the episode graph as Mermaid")
-    graph.add_argument("--env", default="tictactoe", choices=sorted(ENVIRONMENTS))
-    graph.set_defaults(func=cmd_graph)
-
+    graph_commands.register(sub)
+    show.register(sub)
     model_commands.register(sub)
     fake_model_commands.register(sub)
     return parser

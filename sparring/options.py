@@ -31,6 +31,11 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         )
         endpoints.add_argument(f"--{role}-model", metavar="NAME", help=f"model name of the {role} server")
         endpoints.add_argument(f"--{role}-api-key", metavar="KEY", help=f"bearer token for the {role} server")
+    parser.add_argument(
+        "--env-url",
+        metavar="URL",
+        help="resources server of the 'remote' environment (default: $SPARRING_ENV_URL; a task's env_url wins)",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-turns", type=int)
     limits.add_argument("--max-steps-per-turn", type=int)
@@ -96,6 +101,9 @@ def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
         changes["policy_tokenizer"] = args.policy_tokenizer
     if args.user_stop_token:
         changes["user_stop_tokens"] = args.user_stop_token
+    env_url = getattr(args, "env_url", None) or os.environ.get("SPARRING_ENV_URL")
+    if env_url:
+        changes["env_url"] = env_url
     return replace(default_config(env_name), **changes)
 
 

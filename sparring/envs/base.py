@@ -3,11 +3,16 @@
 An environment is stateless and shared by all episodes; each episode's state is a JSON-able value
 that the environment returns from `seed` and from every tool call, so the graph state (and Studio)
 always holds the truth and nothing hides in the environment object.
+
+Two optional members extend the protocol without touching environments that don't need them:
+`episode_tools(state, actor)`, for environments whose tools come from the task (remote: the row's
+`tools`; calendar: tools switched on per task), and `aclose()`, for environments that hold pooled
+resources (remote: its HTTP session). Call them through `episode_tools_hook` and `close_environment`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -68,3 +73,15 @@ class Environment(Protocol):
     async def verify(self, state: Any, messages: Sequence[Any]) -> Verdict:
         """Score the final state."""
         ...
+
+
+def episode_tools_hook(env: Environment) -> Callable[[Any, Actor], Sequence[ToolSpec]] | None:
+    """The environment's `episode_tools(state, actor)` when its tools depend on the task, else None."""
+    return getattr(env, "episode_tools", None)
+
+
+async def close_environment(env: Environment) -> None:
+    """Release what the environment pools across episodes (e.g. HTTP connections), if anything."""
+    aclose = getattr(env, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -61,3 +61,6 @@ class EpisodeConfig:
     policy_tokenizer: str | None = _setting(
         None, "Local folder with the policy model's tokenizer and chat template (needed for tito)."
     )
+    env_url: str | None = _setting(
+        None, "Base URL of a NeMo Gym-shaped resources server (env 'remote'); a task's own env_url wins."
+    )

@@ -1,14 +1,39 @@
-"""What the nodes share across episodes: the environment, its tools per actor, and the model clients."""
+"""What the nodes share across episodes: the environment, its tools per actor, and the model clients.
+
+Most environments have one tool set per actor, built once here. An environment whose tools come
+from the task (`episode_tools`, see envs/base.py) gets a tool set per distinct set of specs, cached.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparring.envs.base import Actor, Environment
+import orjson
+
+from sparring.envs.base import Actor, Environment, close_environment, episode_tools_hook
 from sparring.models.pool import ClientPool
 from sparring.models.tito import TailRenderer, load_tokenizer
 from sparring.tools.specs import ToolSpec
+
+MAX_CACHED_TOOLSETS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Toolset:
+    """An actor's tools in the forms the nodes need: by name, the name set, and the wire `tools` list."""
+
+    specs: dict[str, ToolSpec]
+    names: frozenset[str]
+    wire: list[dict[str, Any]] | None
+    key: str
+
+    @classmethod
+    def of(cls, specs: Iterable[ToolSpec]) -> Toolset:
+        by_name = {t.name: t for t in specs}
+        wire = [t.to_openai() for t in by_name.values()] or None
+        return cls(by_name, frozenset(by_name), wire, orjson.dumps(wire).decode())
 
 
 @dataclass
@@ -20,17 +45,41 @@ class EpisodeDeps:
     tool_specs: dict[str, dict[str, ToolSpec]] = field(init=False)
     tool_names: dict[str, frozenset[str]] = field(init=False)
     wire_tools: dict[str, list[dict[str, Any]] | None] = field(init=False)
-    _renderers: dict[str, TailRenderer] = field(init=False, default_factory=dict)
+    toolsets: dict[str, Toolset] = field(init=False)
+    _episode_toolsets: dict[str, Toolset] = field(init=False, default_factory=dict)
+    _renderers: dict[tuple[str, str], TailRenderer] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         actors: tuple[Actor, ...] = ("policy", "user")
-        self.tool_specs = {a: {t.name: t for t in self.env.tools(a)} for a in actors}
-        self.tool_names = {a: frozenset(self.tool_specs[a]) for a in actors}
-        self.wire_tools = {a: [t.to_openai() for t in self.tool_specs[a].values()] or None for a in actors}
+        self.toolsets = {a: Toolset.of(self.env.tools(a)) for a in actors}
+        self.tool_specs = {a: self.toolsets[a].specs for a in actors}
+        self.tool_names = {a: self.toolsets[a].names for a in actors}
+        self.wire_tools = {a: self.toolsets[a].wire for a in actors}
 
-    def renderer(self, tokenizer: str) -> TailRenderer:
-        """The policy's prompt renderer for token-in-token-out mode, loaded once per tokenizer."""
-        renderer = self._renderers.get(tokenizer)
+    def tools_for(self, actor: Actor, env_state: Any) -> Toolset:
+        """The actor's tools in this episode: the environment's own, or the task's when it has `episode_tools`."""
+        hook = episode_tools_hook(self.env)
+        if hook is None:
+            return self.toolsets[actor]
+        toolset = Toolset.of(hook(env_state, actor))
+        cached = self._episode_toolsets.get(toolset.key)
+        if cached is not None:
+            return cached
+        if len(self._episode_toolsets) >= MAX_CACHED_TOOLSETS:
+            self._episode_toolsets.clear()
+        self._episode_toolsets[toolset.key] = toolset
+        return toolset
+
+    async def aclose(self) -> None:
+        """Close the model clients and whatever the environment pools."""
+        await self.clients.aclose()
+        await close_environment(self.env)
+
+    def renderer(self, tokenizer: str, toolset: Toolset | None = None) -> TailRenderer:
+        """The policy's prompt renderer for token-in-token-out mode, loaded once per tokenizer and tool set."""
+        toolset = toolset or self.toolsets["policy"]
+        renderer = self._renderers.get((tokenizer, toolset.key))
         if renderer is None:
-            renderer = self._renderers[tokenizer] = TailRenderer(load_tokenizer(tokenizer), self.wire_tools["policy"])
+            renderer = TailRenderer(load_tokenizer(tokenizer), toolset.wire)
+            self._renderers[(tokenizer, toolset.key)] = renderer
         return renderer

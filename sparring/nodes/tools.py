@@ -32,14 +32,15 @@ async def run_tools(
     history = HISTORY_OF[actor]
     env_state = state["env_state"]
     started = time.perf_counter()
+    specs = deps.tools_for(actor, env_state).specs
     results: list[ToolMessage] = []
     update: dict[str, Any] = {}
     for call in raw_tool_calls(state[history][-1]):
         name, call_id = call["function"]["name"], call["id"]
-        spec = deps.tool_specs[actor].get(name)
+        spec = specs.get(name)
         try:
             if spec is None:
-                known = ", ".join(deps.tool_specs[actor]) or "none"
+                known = ", ".join(specs) or "none"
                 raise ToolArgumentError(f"unknown tool {name!r}; available: {known}")
             arguments = parse_arguments(spec, call["function"]["arguments"])
         except ToolArgumentError as exc:

@@ -29,11 +29,12 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     else:
         tool_choice = limits["user_tool_choice"] if step == 1 else "auto"
     update: dict[str, Any] = {"user_steps": step, "num_user_calls": state["num_user_calls"] + 1}
+    tools = deps.tools_for("user", state["env_state"])
     try:
         completion = await client.chat(
             to_wire_list([*state["user_messages"], *shown]),
             episode_id=state["episode_id"],
-            tools=deps.wire_tools["user"],
+            tools=tools.wire,
             tool_choice=tool_choice,
         )
     except ContextLengthExceeded as exc:
@@ -42,7 +43,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
     if tool_choice != "none":
         completion.text, completion.tool_calls = adopt_text_calls(
-            completion.text, completion.tool_calls, deps.tool_names["user"], call_id_prefix(state, "user")
+            completion.text, completion.tool_calls, tools.names, call_id_prefix(state, "user")
         )
     update["usage"] = add_usage(state, "user", completion.prompt_tokens, completion.completion_tokens)
     update["model_s"] = state["model_s"] + completion.latency_s

@@ -47,6 +47,7 @@ class Task(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | int | None = None
     env: str | None = None
+    env_url: str | None = None
     messages: list[TaskMessage] | None = None
     env_seed: dict[str, Any] = Field(default_factory=dict)
     user_persona: str | None = None
@@ -83,7 +84,8 @@ def from_nemo_gym(row: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         messages.append({"role": item["role"], "content": content})
-    metadata = {k: v for k, v in row.items() if k not in ("responses_create_params", "verifier_metadata")}
+    # The row's own fields stay in metadata, responses_create_params included (its tools, for the remote env).
+    metadata = {k: v for k, v in row.items() if k != "verifier_metadata"}
     return {"messages": messages, "env_seed": row.get("verifier_metadata") or {}, "metadata": metadata}
 
 
