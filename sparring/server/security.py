@@ -30,8 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-API_KEY_VARIABLE = "SPARRING_API_KEY"
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+from sparring.server.settings import API_KEY_VARIABLE, DEFAULT_MAX_BODY_BYTES
 
 
 class SecurityError(ValueError):

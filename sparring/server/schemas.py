@@ -1,0 +1,217 @@
+"""Request and response models of the rollout service, built with this server's bounds.
+
+The bounds (max repeats, batch size, turns, tokens) are part of the models, so the OpenAPI schema
+states them and a request over one gets FastAPI's 422 naming the field and the limit. Environment
+names are an enum of the registry's names at start-up, so an unknown one is named in the 422 too.
+Records travel as plain JSON (orjson) and are described, not re-validated, on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from sparring.server.settings import ServerSettings
+
+TASK_EXAMPLE: dict[str, Any] = {
+    "id": "center-opening",
+    "env_seed": {"initial_moves": [{"position": 4, "mark": "O"}]},
+    "limits": {"max_turns": 4},
+}
+
+NEMO_GYM_ROW_EXAMPLE: dict[str, Any] = {
+    "responses_create_params": {
+        "input": [
+            {"role": "developer", "content": "You are X in tic-tac-toe. Call make_move with a position 0-8."},
+            {"role": "user", "content": "Let's play. The board is empty; your move."},
+        ],
+        "temperature": 1.0,
+    },
+    "verifier_metadata": {"initial_moves": []},
+    "agent_ref": {"type": "responses_api_agents", "name": "sparring"},
+}
+
+
+class RecordModel(BaseModel):
+    """One rollout record, exactly what `sparring run --json` prints (see README, "The rollout record")."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    task_index: int | None
+    repeat_index: int
+    task_id: str | int | None
+    env: str
+    status: Literal["completed", "truncated", "aborted"]
+    stop_reason: str | None
+    reward: float | None
+    reward_components: dict[str, float]
+    env_result: dict[str, Any]
+    num_turns: int
+    num_policy_calls: int
+    num_user_calls: int
+    messages: list[dict[str, Any]]
+    user_messages: list[dict[str, Any]]
+    trajectory: dict[str, Any]
+    usage: dict[str, dict[str, int]]
+    timing: dict[str, float]
+    error: dict[str, Any] | None
+
+
+class RolloutsResponse(BaseModel):
+    """The records of one task's episodes, one per repeat, in repeat order."""
+
+    records: list[RecordModel]
+
+
+class BatchSummary(BaseModel):
+    """The last line of a batch stream."""
+
+    episodes: int
+    counts: dict[str, int] = Field(description="Episodes by status (completed, truncated, aborted).")
+    stop_reasons: dict[str, int]
+    mean_reward: float | None = Field(description="Mean over episodes that have a reward (aborted ones have none).")
+    wall_s: float
+
+
+class BatchSummaryLine(BaseModel):
+    """The stream's final line: `{"summary": {...}}`."""
+
+    summary: BatchSummary
+
+
+class EnvInfo(BaseModel):
+    """An environment as a client needs to know it."""
+
+    name: str
+    tools: dict[str, list[dict[str, Any]]] = Field(description="Tool schemas (OpenAI chat format) per actor.")
+    settings: dict[str, Any] = Field(description="The settings its episodes run with on this server.")
+
+
+class EnvsResponse(BaseModel):
+    envs: list[EnvInfo]
+
+
+class GraphResponse(BaseModel):
+    """The episode graph every face runs."""
+
+    env: str
+    mermaid: str
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    endpoints: dict[str, dict[str, Any]] = Field(description="Per role: its URLs and whether each answered.")
+
+
+class AggregateMetricsRequest(BaseModel):
+    """NeMo Gym's /aggregate_metrics body: verify responses without their `response` and params."""
+
+    verify_responses: list[dict[str, Any]]
+
+
+class AggregateMetricsResponse(BaseModel):
+    """NeMo Gym's AggregateMetrics: per-task and overall `mean/…`, `max/…`, … of every numeric field."""
+
+    group_level_metrics: list[dict[str, Any]] = Field(default_factory=list)
+    agent_metrics: dict[str, Any] = Field(default_factory=dict)
+    key_metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models of one server (its bounds and environments baked in)."""
+
+    overrides: type[BaseModel]
+    rollout: type[BaseModel]
+    batch: type[BaseModel]
+    run: type[BaseModel]
+
+
+def build_request_models(settings: ServerSettings, env_names: list[str]) -> RequestModels:
+    """Models whose field constraints are this server's limits."""
+    env_type: Any = Literal[tuple(sorted(env_names))]  # type: ignore[valid-type]
+    tool_choice = Literal["auto", "required", "none"]
+    overrides = create_model(
+        "Settings",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Per-request settings within this server's bounds; unset ones keep the server's defaults.",
+        max_turns=(int | None, Field(None, ge=1, le=settings.max_turns)),
+        max_steps_per_turn=(int | None, Field(None, ge=1, le=settings.max_steps_per_turn)),
+        max_user_steps_per_turn=(int | None, Field(None, ge=1, le=settings.max_steps_per_turn)),
+        user_stop_tokens=(list[str] | None, Field(None, max_length=8)),
+        policy_tool_choice=(tool_choice | None, None),
+        user_tool_choice=(tool_choice | None, None),
+        policy_temperature=(float | None, Field(None, ge=0.0, le=2.0)),
+        policy_top_p=(float | None, Field(None, gt=0.0, le=1.0)),
+        policy_max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
+        user_temperature=(float | None, Field(None, ge=0.0, le=2.0)),
+        user_top_p=(float | None, Field(None, gt=0.0, le=1.0)),
+        user_max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
+    )
+    env_field = (
+        env_type | None,
+        Field(None, description=f"Environment name; default {settings.default_env!r} (or the task's own `env`)."),
+    )
+    settings_field = (overrides | None, Field(None, description="Overrides of limits and sampling."))
+    task_description = (
+        "sparring's task row ({id, env, messages, env_seed, user_persona, limits, metadata}, all optional) "
+        "or a NeMo Gym row (responses_create_params.input, verifier_metadata, ...)."
+    )
+    rollout = create_model(
+        "RolloutRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"task": TASK_EXAMPLE, "repeats": 2}]}),
+        __doc__="One task, played `repeats` times.",
+        env=env_field,
+        task=(dict[str, Any], Field(default_factory=dict, description=task_description)),
+        repeats=(int, Field(1, ge=1, le=settings.max_repeats)),
+        settings=settings_field,
+    )
+    batch = create_model(
+        "BatchRequest",
+        __config__=ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"tasks": [TASK_EXAMPLE, {}], "repeats": 2, "concurrency": 4}]},
+        ),
+        __doc__="Many tasks, each played `repeats` times; records stream back as NDJSON as episodes finish.",
+        env=env_field,
+        tasks=(list[dict[str, Any]], Field(min_length=1, max_length=settings.max_batch_size)),
+        repeats=(int, Field(1, ge=1, le=settings.max_repeats)),
+        concurrency=(
+            int | None,
+            Field(None, ge=1, le=settings.batch_concurrency, description="Episodes of this batch playing at once."),
+        ),
+        settings=settings_field,
+    )
+    create_params = create_model(
+        "ResponsesCreateParams",
+        __base__=NemoGymCreateParams,
+        max_output_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
+    )
+    run = create_model(
+        "NeMoGymRunRequest",
+        __config__=ConfigDict(extra="allow", json_schema_extra={"examples": [NEMO_GYM_ROW_EXAMPLE]}),
+        __doc__="A NeMo Gym row; extra fields (verifier_metadata, agent_ref, _ng_*) go to the environment and back.",
+        responses_create_params=(create_params, ...),
+    )
+    return RequestModels(overrides=overrides, rollout=rollout, batch=batch, run=run)
+
+
+class NemoGymCreateParams(BaseModel):
+    """The fields of NeMo Gym's `responses_create_params` sparring reads; others are accepted and echoed back."""
+
+    model_config = ConfigDict(extra="allow")
+    input: str | list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_output_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool = True
+    tool_choice: Any = "auto"

@@ -1,0 +1,38 @@
+"""The rollout service's own settings: capacity, the bounds requests must stay within, shutdown, auth.
+
+Model endpoints and default limits are not here: they come from `sparring.options` exactly as for
+`sparring run`, so the service plays the same episodes as the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+API_KEY_VARIABLE = "SPARRING_API_KEY"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """What one `sparring serve` process allows; every bound is named in the error a request over it gets."""
+
+    default_env: str = "tictactoe"
+    max_concurrent_episodes: int = 64
+    """Episodes playing at once across all requests; more wait in the queue."""
+    max_queued_episodes: int = 256
+    """Episodes admitted but waiting for a slot; a request that would go past this gets 429."""
+    batch_concurrency: int = 64
+    """Most episodes one batch request plays at once (its share of the slots)."""
+    max_batch_size: int = 10_000
+    max_repeats: int = 64
+    max_turns: int = 50
+    max_steps_per_turn: int = 16
+    max_tokens: int = 8192
+    """Most tokens one model call may generate (policy_max_tokens, user_max_tokens, max_output_tokens)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM, in-flight episodes get this long to finish before they end as aborted."""
+    api_key: str | None = None
+    readiness_timeout_s: float = 3.0
+    max_sampling_variants: int = 16
+    """Distinct sampling settings (each needs its own model clients) kept warm; idle ones beyond are closed."""
