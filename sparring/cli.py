@@ -20,6 +20,7 @@ from sparring.rollouts import show
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
+from sparring.server import commands as serve_commands
 from sparring.testing import commands as fake_model_commands
 
 
@@ -101,6 +102,7 @@ def make_parser() -> argparse.ArgumentParser:
     show.register(sub)
     model_commands.register(sub)
     fake_model_commands.register(sub)
+    serve_commands.register(sub)
     return parser
 
 
