@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from sparring.envs.tictactoe import MAKE_MOVE, SeedError, TicTacToe
 from sparring.models.client import _error_message
 from sparring.models.replicas import ReplicaSet
-from sparring.rollouts.ledger import add_call, check_invariants, new_ledger
+from sparring.rollouts.ledger import LedgerEntry, check_invariants, ledger_entry, materialize, segment_ids
 from sparring.rollouts.tasks import TaskError, parse_task, read_tasks, task_at
 from sparring.tools.parsing import parse_reply
 from sparring.tools.validation import ToolArgumentError, parse_arguments
@@ -18,31 +19,61 @@ from sparring.tools.validation import ToolArgumentError, parse_arguments
 # -- ledger -----------------------------------------------------------------------------------------
 
 
+def entries_of(*calls: tuple[list[int], list[int], list[float], str]) -> list[LedgerEntry]:
+    """Entries as the policy node appends them: each one computed from the ones before, never changing them."""
+    entries: list[LedgerEntry] = []
+    for call in calls:
+        entries = [*entries, ledger_entry(entries, *call)]
+    return entries
+
+
 def test_ledger_masks_prompt_tails_and_keeps_completion_logprobs() -> None:
-    ledger = new_ledger()
-    add_call(ledger, [1, 2, 3], [4, 5], [-0.1, -0.2], "tool_calls")
-    add_call(ledger, [1, 2, 3, 4, 5, 6, 7], [8], [-0.3], "stop")
+    entries = entries_of(([1, 2, 3], [4, 5], [-0.1, -0.2], "tool_calls"), ([1, 2, 3, 4, 5, 6, 7], [8], [-0.3], "stop"))
+    assert [e["prompt_tail"] for e in entries] == [[1, 2, 3], [6, 7]]
+    ledger = materialize(entries)
     (segment,) = ledger["segments"]
-    assert segment["token_ids"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert segment["token_ids"] == [1, 2, 3, 4, 5, 6, 7, 8] == segment_ids(entries)
     assert segment["loss_mask"] == [0, 0, 0, 1, 1, 0, 0, 1]
     assert segment["logprobs"] == [0.0, 0.0, 0.0, -0.1, -0.2, 0.0, 0.0, -0.3]
     assert ledger["prefix_mismatches"] == 0 and check_invariants(ledger) == []
-    assert [c["prompt_len"] for c in ledger["calls"]] == [3, 7]
+    assert ledger["calls"] == [
+        {"segment": 0, "prompt_len": 3, "completion_len": 2, "finish_reason": "tool_calls"},
+        {"segment": 0, "prompt_len": 7, "completion_len": 1, "finish_reason": "stop"},
+    ]
 
 
 def test_ledger_never_splices_a_rewritten_history() -> None:
-    ledger = new_ledger()
-    add_call(ledger, [1, 2], [3, 4], [-1.0, -1.0], "stop")
-    add_call(ledger, [1, 2, 9, 5], [6], [-1.0], "stop")  # 3, 4 re-rendered as 9
-    add_call(ledger, [1, 2, 9, 5, 6, 7], [8], [-1.0], "stop")
+    entries = entries_of(
+        ([1, 2], [3, 4], [-1.0, -1.0], "stop"),
+        ([1, 2, 9, 5], [6], [-1.0], "stop"),  # 3, 4 re-rendered as 9
+        ([1, 2, 9, 5, 6, 7], [8], [-1.0], "stop"),
+    )
+    ledger = materialize(entries)
     assert ledger["prefix_mismatches"] == 1
     assert [s["token_ids"] for s in ledger["segments"]] == [[1, 2, 3, 4], [1, 2, 9, 5, 6, 7, 8]]
     assert [c["segment"] for c in ledger["calls"]] == [0, 1, 1]
+    assert segment_ids(entries) == [1, 2, 9, 5, 6, 7, 8]
+
+
+def test_a_prompt_shorter_than_the_segment_opens_a_new_one() -> None:
+    entries = entries_of(([1, 2], [3], [-1.0], "stop"), ([1, 2], [4], [-1.0], "stop"))
+    assert [e["segment"] for e in entries] == [0, 1] and materialize(entries)["prefix_mismatches"] == 1
+
+
+def test_a_ledger_entry_never_changes_the_entries_or_lists_it_was_given() -> None:
+    prompt, completion, logprobs = [1, 2, 3], [4], [-0.5]
+    first = ledger_entry([], prompt, completion, logprobs, "stop")
+    entries = [first]
+    snapshot = copy.deepcopy(entries)
+    second_prompt = [1, 2, 3, 4, 5]
+    second = ledger_entry(entries, second_prompt, [6], [-0.1], "stop")
+    assert entries == snapshot and second_prompt == [1, 2, 3, 4, 5]
+    assert first["prompt_tail"] is not prompt and second["prompt_tail"] == [5]
 
 
 def test_ledger_rejects_logprobs_that_do_not_match_the_ids() -> None:
     with pytest.raises(ValueError, match="2 completion ids but 1 logprobs"):
-        add_call(new_ledger(), [1], [2, 3], [-1.0], "stop")
+        ledger_entry([], [1], [2, 3], [-1.0], "stop")
 
 
 # -- arguments and parsing --------------------------------------------------------------------------

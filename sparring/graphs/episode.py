@@ -28,6 +28,7 @@ from typing import Literal
 from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 
 from sparring.envs.base import Environment
 from sparring.graphs.context import EpisodeConfig
@@ -44,8 +45,13 @@ from sparring.nodes.verify import verify
 RECURSION_LIMIT = 100_000
 
 
-def build_graph(env: Environment, deps: EpisodeDeps | None = None) -> CompiledStateGraph:
-    """The compiled episode graph for one environment; settings come per run as the runtime context."""
+def build_graph(
+    env: Environment, deps: EpisodeDeps | None = None, *, checkpointer: Checkpointer = None
+) -> CompiledStateGraph:
+    """The compiled episode graph for one environment; settings come per run as the runtime context.
+
+    No checkpointer by default (a rollout needs none; Studio brings its own); pass one to keep every step.
+    """
     deps = deps or EpisodeDeps(env)
     graph = StateGraph(EpisodeState, context_schema=EpisodeConfig, input_schema=EpisodeInput)
     graph.add_node("seed", partial(seed, deps=deps))
@@ -62,7 +68,7 @@ def build_graph(env: Environment, deps: EpisodeDeps | None = None) -> CompiledSt
     graph.add_conditional_edges("user", route_after_user)
     graph.add_conditional_edges("user_tools", route_after_user_tools)
     graph.add_edge("verify", END)
-    compiled = graph.compile(name=f"sparring-{env.name}")
+    compiled = graph.compile(checkpointer=checkpointer, name=f"sparring-{env.name}")
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
 
 

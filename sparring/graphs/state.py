@@ -2,7 +2,9 @@
 
 Two histories are kept: `messages` is the policy's view (what it is trained on), `user_messages` is
 the simulated user's role-flipped view (its persona as system prompt, the policy's replies as `user`
-messages, its own as `assistant`, its own tool calls and results). Both only grow.
+messages, its own as `assistant`, its own tool calls and results). Both only grow, and so does
+`ledger`: one immutable entry per policy call (rollouts/ledger.py). Nodes return updates and never
+change a value they were given, so every checkpoint holds exactly its own step's state.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from langchain_core.messages import AnyMessage
 
-from sparring.rollouts.ledger import Ledger
+from sparring.rollouts.ledger import LedgerEntry
 
 Status = Literal["completed", "truncated", "aborted"]
 
@@ -51,7 +53,7 @@ class EpisodeState(TypedDict, total=False):
     turn_over: bool
     num_policy_calls: int
     num_user_calls: int
-    ledger: Ledger
+    ledger: Annotated[list[LedgerEntry], operator.add]
     usage: dict[str, dict[str, int]]
     model_s: float
     tool_s: float

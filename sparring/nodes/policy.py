@@ -14,7 +14,7 @@ from sparring.models.tito import TailRenderer, TokenizerUnavailable
 from sparring.models.wire import assistant_message, to_wire, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended, length_stop_reason
-from sparring.rollouts.ledger import add_call
+from sparring.rollouts.ledger import call_span, ledger_entry, segment_ids
 from sparring.tools.parsing import adopt_text_calls, parse_reply
 
 
@@ -30,20 +30,21 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
         update["turn"] = state["turn"] + 1
     tokenizer = runtime.context.policy_tokenizer
     token_mode = runtime.context.token_mode
+    tools = deps.tools_for("policy", state["env_state"])
     try:
         if token_mode == "tito" or (token_mode == "auto" and tokenizer):
             if not tokenizer:
                 raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
-            completion = await call_tokens_in_tokens_out(state, client, deps.renderer(tokenizer), deps)
+            completion = await call_tokens_in_tokens_out(state, client, deps.renderer(tokenizer, tools), tools.names)
         else:
             completion = await client.chat(
                 to_wire_list(state["messages"]),
                 episode_id=state["episode_id"],
-                tools=deps.wire_tools["policy"],
+                tools=tools.wire,
                 tool_choice=state["limits"]["policy_tool_choice"],
             )
             completion.text, completion.tool_calls = adopt_text_calls(
-                completion.text, completion.tool_calls, deps.tool_names["policy"], call_id_prefix(state, "policy")
+                completion.text, completion.tool_calls, tools.names, call_id_prefix(state, "policy")
             )
     except ContextLengthExceeded as exc:
         return {**update, **ended("truncated", "context_length", exc)}
@@ -53,18 +54,18 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
 
 
 async def call_tokens_in_tokens_out(
-    state: EpisodeState, client: ModelClient, renderer: TailRenderer, deps: EpisodeDeps
+    state: EpisodeState, client: ModelClient, renderer: TailRenderer, tool_names: frozenset[str]
 ) -> Completion:
     """Send the ledger's ids plus the new tail; read the tool calls out of the generated text."""
     messages = state["messages"]
-    segments = state["ledger"]["segments"]
-    if not segments:
+    if not state["ledger"]:
         prompt = renderer.first_prompt(to_wire_list(messages))
     else:
         last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
-        prompt = segments[-1]["token_ids"] + renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
+        tail = renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
+        prompt = segment_ids(state["ledger"]) + tail
     completion = await client.complete_tokens(prompt, episode_id=state["episode_id"])
-    parsed = parse_reply(completion.text, deps.tool_names["policy"], call_id_prefix(state, "policy"))
+    parsed = parse_reply(completion.text, tool_names, call_id_prefix(state, "policy"))
     completion.text, completion.tool_calls = parsed.text, parsed.tool_calls
     return completion
 
@@ -72,20 +73,21 @@ async def call_tokens_in_tokens_out(
 def record_completion(state: EpisodeState, completion: Completion) -> dict[str, Any]:
     """The state update for one policy reply: the message, the ledger entry, usage and timing."""
     metadata: dict[str, Any] = {"finish_reason": completion.finish_reason}
-    ledger = state["ledger"]
+    update: dict[str, Any] = {}
     if completion.completion_token_ids is not None:
-        metadata["token_span"] = add_call(
-            ledger,
+        entry = ledger_entry(
+            state["ledger"],
             completion.prompt_token_ids or [],
             completion.completion_token_ids,
             completion.completion_logprobs or [],
             completion.finish_reason,
         )
+        metadata["token_span"] = call_span(entry)
+        update["ledger"] = [entry]
     cut = completion.finish_reason == "length"
     message = assistant_message(completion.text, [] if cut else completion.tool_calls, metadata)
-    update: dict[str, Any] = {
+    update |= {
         "messages": [message],
-        "ledger": ledger,
         "usage": add_usage(state, "policy", completion.prompt_tokens, completion.completion_tokens),
         "model_s": state["model_s"] + completion.latency_s,
     }

@@ -13,12 +13,13 @@ from sparring.graphs.state import EpisodeState, Limits
 from sparring.models.wire import from_wire
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
-from sparring.rollouts.ledger import new_ledger
 
 
 async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
     """Start the episode; a seed the environment rejects ends it at once as aborted (invalid_task)."""
     task = state["task"]
+    if runtime.context.env_url and not task.get("env_url"):
+        task = {**task, "env_url": runtime.context.env_url}
     base: dict[str, Any] = {
         "limits": resolve_limits(runtime.context, task),
         "turn": 0,
@@ -27,7 +28,6 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         "turn_over": False,
         "num_policy_calls": 0,
         "num_user_calls": 0,
-        "ledger": new_ledger(),
         "usage": {},
         "model_s": 0.0,
         "tool_s": 0.0,

@@ -1,12 +1,19 @@
 """The token ledger: the policy's exact token ids, loss mask and logprobs, built call by call.
 
-Kept as plain lists and dicts so it lives in graph state (Studio, checkpoints) and in the rollout
-record unchanged. Each call costs O(its new tokens) plus one C-level prefix comparison; nothing is
-re-rendered or re-tokenised.
+In graph state the ledger is an append-only list of immutable per-call entries (`LedgerEntry`),
+merged by a reducer: each policy call returns only its own entry (the prompt's new tail, the
+completion, its logprobs and where it sits), never a changed copy of what came before. So a
+checkpoint taken at any step holds exactly the calls made up to that step, even when LangGraph
+writes checkpoints after the next node has started. Segments (`Ledger`, the record's trajectory)
+are materialised once, when the record is built.
+
+Each call costs O(its new tokens) plus one C-level prefix comparison against the current segment;
+nothing is re-rendered or re-tokenised, and nothing is spliced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 
@@ -27,6 +34,22 @@ class CallSpan(TypedDict):
     finish_reason: str
 
 
+class LedgerEntry(TypedDict):
+    """One policy call as state holds it: only what it added, never changed after it is written.
+
+    `prompt_tail` is the part of the prompt the segment did not hold yet (the whole prompt when the
+    call opens a segment); the completion follows it. Concatenating the tails and completions of a
+    segment's entries gives the segment's token ids.
+    """
+
+    segment: int
+    prompt_len: int
+    prompt_tail: list[int]
+    completion_ids: list[int]
+    completion_logprobs: list[float]
+    finish_reason: str
+
+
 class Ledger(TypedDict):
     """All segments of one episode, the calls that built them, and how often the prefix broke."""
 
@@ -35,56 +58,84 @@ class Ledger(TypedDict):
     prefix_mismatches: int
 
 
-def new_ledger() -> Ledger:
-    """An empty ledger."""
-    return {"segments": [], "calls": [], "prefix_mismatches": 0}
+def segment_ids(entries: Sequence[LedgerEntry]) -> list[int]:
+    """The current (last) segment's token ids: a fresh list, built in C from the entries' pieces."""
+    if not entries:
+        return []
+    last = entries[-1]["segment"]
+    start = len(entries)
+    while start > 0 and entries[start - 1]["segment"] == last:
+        start -= 1
+    ids: list[int] = []
+    for entry in entries[start:]:
+        ids += entry["prompt_tail"]
+        ids += entry["completion_ids"]
+    return ids
 
 
-def add_call(
-    ledger: Ledger,
+def ledger_entry(
+    entries: Sequence[LedgerEntry],
     prompt_ids: list[int],
     completion_ids: list[int],
     completion_logprobs: list[float],
     finish_reason: str,
-) -> CallSpan:
-    """Append one policy call; a prompt that does not extend the current segment opens a new one.
+) -> LedgerEntry:
+    """The entry one policy call adds; a prompt that does not extend the current segment opens a new one.
 
-    The prompt's new tail (tool results, user text, generation prompt) is masked 0; the sampled
-    completion is masked 1 with its logprobs. A history the server re-rendered differently is never
-    spliced: the segment is closed and `prefix_mismatches` counts it.
+    The prompt's new tail (tool results, user text, generation prompt) will be masked 0; the sampled
+    completion masked 1 with its logprobs. A history the server re-rendered differently is never
+    spliced: the entry starts a new segment (counted as a prefix mismatch).
     """
     if len(completion_ids) != len(completion_logprobs):
         raise ValueError(f"{len(completion_ids)} completion ids but {len(completion_logprobs)} logprobs")
-    segments = ledger["segments"]
-    current = segments[-1] if segments else None
-    if current is not None and _extends(prompt_ids, current["token_ids"]):
-        tail = prompt_ids[len(current["token_ids"]) :]
+    if not entries:
+        segment, tail = 0, prompt_ids[:]
     else:
-        if current is not None:
-            ledger["prefix_mismatches"] += 1
-        current = {"token_ids": [], "loss_mask": [], "logprobs": []}
-        segments.append(current)
-        tail = prompt_ids
-    current["token_ids"] += tail
-    current["loss_mask"] += [0] * len(tail)
-    current["logprobs"] += [0.0] * len(tail)
-    current["token_ids"] += completion_ids
-    current["loss_mask"] += [1] * len(completion_ids)
-    current["logprobs"] += completion_logprobs
-    span: CallSpan = {
-        "segment": len(segments) - 1,
+        current = segment_ids(entries)
+        n = len(current)
+        if len(prompt_ids) >= n and prompt_ids[:n] == current:
+            segment, tail = entries[-1]["segment"], prompt_ids[n:]
+        else:
+            segment, tail = entries[-1]["segment"] + 1, prompt_ids[:]
+    return {
+        "segment": segment,
         "prompt_len": len(prompt_ids),
-        "completion_len": len(completion_ids),
+        "prompt_tail": tail,
+        "completion_ids": list(completion_ids),
+        "completion_logprobs": list(completion_logprobs),
         "finish_reason": finish_reason,
     }
-    ledger["calls"].append(span)
-    return span
 
 
-def _extends(prompt_ids: list[int], segment_ids: list[int]) -> bool:
-    """Whether the prompt starts with every token of the segment."""
-    n = len(segment_ids)
-    return len(prompt_ids) >= n and prompt_ids[:n] == segment_ids
+def call_span(entry: LedgerEntry) -> CallSpan:
+    """Where the entry's call sits: its segment, prompt length, completion length and finish reason."""
+    return {
+        "segment": entry["segment"],
+        "prompt_len": entry["prompt_len"],
+        "completion_len": len(entry["completion_ids"]),
+        "finish_reason": entry["finish_reason"],
+    }
+
+
+def materialize(entries: Sequence[LedgerEntry]) -> Ledger:
+    """Segments of equal-length `token_ids` / `loss_mask` / `logprobs`, the calls, and the prefix mismatches."""
+    segments: list[Segment] = []
+    for entry in entries:
+        if entry["segment"] == len(segments):
+            segments.append({"token_ids": [], "loss_mask": [], "logprobs": []})
+        current = segments[-1]
+        tail, completion = entry["prompt_tail"], entry["completion_ids"]
+        current["token_ids"] += tail
+        current["token_ids"] += completion
+        current["loss_mask"] += [0] * len(tail)
+        current["loss_mask"] += [1] * len(completion)
+        current["logprobs"] += [0.0] * len(tail)
+        current["logprobs"] += entry["completion_logprobs"]
+    return {
+        "segments": segments,
+        "calls": [call_span(entry) for entry in entries],
+        "prefix_mismatches": max(0, len(segments) - 1),
+    }
 
 
 def check_invariants(ledger: Ledger) -> list[str]:

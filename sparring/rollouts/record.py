@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from sparring.models.wire import to_wire
-from sparring.rollouts.ledger import new_ledger
+from sparring.rollouts.ledger import materialize
 
 _ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
 
@@ -23,7 +23,7 @@ def build_record(
     state: dict[str, Any], *, env: str, episode_id: str, task_index: int | None = None, repeat_index: int = 0
 ) -> dict[str, Any]:
     """The record design.md specifies, from an episode's final state."""
-    ledger = state.get("ledger") or new_ledger()
+    ledger = materialize(state.get("ledger") or ())
     return {
         "id": episode_id,
         "task_index": task_index,
