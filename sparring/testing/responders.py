@@ -278,3 +278,34 @@ def tictactoe_players() -> dict[str, Responder]:
     against O's 8, 1, 3).
     """
     return {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
+
+
+def support_desk_players(task_id: str = "sd-01", *, tell_facts: bool = True) -> dict[str, Responder]:
+    """The `support-desk` preset: a by-the-book agent and its customer, scripted for one shipped task.
+
+    The customer states its goal, identifies itself when asked, says yes to each proposed change and
+    ends with ###STOP###; the agent authenticates, proposes each expected action, makes it after the
+    yes, and tells the required facts. Reward 1; with `tell_facts=False` the agent keeps the facts to
+    itself and the episode scores 0 on the `facts` component.
+    """
+    from sparring.envs.support_desk.env import STOP_TOKEN, resolve_task
+
+    task = resolve_task({"env_seed": {"task_id": task_id}})
+    if "email" in task.known:
+        find, identify = Call("find_user_id_by_email", {"email": task.known["email"]}), f"It's {task.known['email']}."
+    else:
+        find = Call("find_user_id_by_name_zip", dict(task.known))
+        identify = f"I'm {task.known['first_name']} {task.known['last_name']}, zip {task.known['zip']}."
+    facts = " ".join(fact[0] for fact in task.required_facts) if tell_facts else ""
+    policy: list[Reply] = [Say("Hello! To find your account, please give me your email, or your name and zip."), find]
+    user: list[Reply] = [Say(f"Hi. {task.instructions}"), Say(identify)]
+    for action in task.expected_actions:
+        if action.name == "transfer_to_human_agents":
+            policy.append(Call(action.name, action.arguments))
+            continue
+        policy += [Say(f"I will call {action.name} with {json.dumps(action.arguments)}. Shall I go ahead?")]
+        policy += [Call(action.name, action.arguments)]
+        user.append(Say("Yes, please go ahead."))
+    policy.append(Say(f"All done. {facts}".strip()))
+    user.append(Say(f"Thank you, that's all. {STOP_TOKEN}"))
+    return {"policy": Script(policy), "user": Script(user)}
