@@ -17,6 +17,19 @@ done
 
 if [[ $fast == 1 ]]; then bash scripts/install.sh --no-vllm; else bash scripts/install.sh; fi
 
+# System packages the fast suite drives for real: graphviz's `dot` (graph pictures) and headless
+# Chromium (the rollout page). Debian/Ubuntu names; nothing happens when both are already there.
+missing=()
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ((${#missing[@]})); then
+    echo "[test] installing ${missing[*]} with apt-get"
+    as_root=()
+    [[ $(id -u) == 0 ]] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 echo "[test] ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

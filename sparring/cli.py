@@ -16,7 +16,7 @@ from sparring.graphs.episode import build_graph
 from sparring.models import commands as model_commands
 from sparring.nodes.deps import EpisodeDeps
 from sparring.options import UsageError, add_episode_options, episode_config
-from sparring.rollouts import show
+from sparring.rollouts import collect, show
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
@@ -70,8 +70,13 @@ async def _run(args: argparse.Namespace) -> int:
             f"{record['num_user_calls']} user calls, {record['timing']['wall_s']:.2f} s",
             flush=True,
         )
-        if record["error"]:
-            print(f"error: {record['error']['type']}: {record['error']['message']}", flush=True)
+    if record["error"]:  # also with --quiet: an error is never silent
+        print(
+            f"sparring run: {record['status']} ({record['stop_reason']}): "
+            f"{record['error']['type']}: {record['error']['message']}",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.json:
         sys.stdout.buffer.write(line + b"\n")
     return 0 if record["status"] != "aborted" else 1
@@ -100,6 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     graph_commands.register(sub)
     show.register(sub)
+    collect.register(sub)
     model_commands.register(sub)
     fake_model_commands.register(sub)
     serve_commands.register(sub)
