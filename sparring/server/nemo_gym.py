@@ -97,7 +97,8 @@ def verify_response(
         "max_output_tokens": params.get("max_output_tokens"),
         "usage": {
             "input_tokens": policy_usage["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": 0},
+            # NeMo Gym pins openai<=2.7.2 (cached_tokens only); newer SDKs also require cache_write_tokens.
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": policy_usage["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": policy_usage["prompt_tokens"] + policy_usage["completion_tokens"],
