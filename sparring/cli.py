@@ -16,7 +16,7 @@ from sparring.graphs.episode import build_graph
 from sparring.models import commands as model_commands
 from sparring.nodes.deps import EpisodeDeps
 from sparring.options import UsageError, add_episode_options, episode_config
-from sparring.rollouts import show
+from sparring.rollouts import collect, show
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
@@ -105,6 +105,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     graph_commands.register(sub)
     show.register(sub)
+    collect.register(sub)
     model_commands.register(sub)
     fake_model_commands.register(sub)
     serve_commands.register(sub)

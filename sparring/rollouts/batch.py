@@ -10,7 +10,7 @@ workers (each on its own shard). API:
                                                      # ones get grace_s, then end as aborted records
     runner.replica_stats()                           # {role: {url: {requests, episodes, ...}}}
     runner.latency()                                 # {role: LatencyHistogram} of model calls
-    await runner.aclose()                            # closes the model clients
+    await runner.aclose()                            # closes model clients and environment resources
 
 `run` keeps a fixed pool of `concurrency` workers pulling from the item source (100k items never
 means 100k tasks), builds one graph per environment name and reuses it, and holds at most
@@ -131,10 +131,18 @@ class BatchRunner:
                 self._stop_timer.cancel()
 
     def stop(self, grace_s: float = 0.0) -> None:
-        """Take no new items; episodes still running after `grace_s` seconds end as `interrupted` records."""
+        """Take no new items; episodes still running after `grace_s` seconds end as `interrupted` records.
+
+        Calling it again with a shorter grace period (a second Ctrl-C) brings the deadline forward.
+        """
         self._stopping = True
-        if self._stop_timer is None:
-            self._stop_timer = asyncio.get_running_loop().call_later(max(grace_s, 0.0), self._interrupt)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace_s, 0.0)
+        if self._stop_timer is not None:
+            if self._stop_timer.when() <= deadline:
+                return
+            self._stop_timer.cancel()  # a later stop with a shorter grace period wins
+        self._stop_timer = loop.call_at(deadline, self._interrupt)
 
     def _interrupt(self) -> None:
         self._interrupting = True
@@ -213,9 +221,9 @@ class BatchRunner:
         return merged
 
     async def aclose(self) -> None:
-        """Close every model client the runner's graphs opened."""
+        """Close the model clients and environment resources the runner's graphs opened."""
         for _, deps in self._graphs.values():
-            await deps.clients.aclose()
+            await deps.aclose()
 
 
 def _aborted(

@@ -74,8 +74,10 @@ def parse_task(row: Any, where: str = "task") -> dict[str, Any]:
 def from_nemo_gym(row: dict[str, Any], where: str) -> dict[str, Any]:
     """NeMo Gym's row (Responses-style `input`, `verifier_metadata`) as sparring's task."""
     params = row["responses_create_params"]
+    if isinstance(params, dict) and isinstance(params.get("input"), str):  # the Responses API's short form
+        params = {**params, "input": [{"role": "user", "content": params["input"]}]}
     if not isinstance(params, dict) or not isinstance(params.get("input"), list):
-        raise TaskError(f"{where}: field responses_create_params.input: must be a list of messages")
+        raise TaskError(f"{where}: field responses_create_params.input: must be a string or a list of messages")
     messages = []
     for i, item in enumerate(params["input"]):
         if not isinstance(item, dict) or "role" not in item:
@@ -86,11 +88,25 @@ def from_nemo_gym(row: dict[str, Any], where: str) -> dict[str, Any]:
         messages.append({"role": item["role"], "content": content})
     # The row's own fields stay in metadata, responses_create_params included (its tools, for the remote env).
     metadata = {k: v for k, v in row.items() if k != "verifier_metadata"}
-    return {"messages": messages, "env_seed": row.get("verifier_metadata") or {}, "metadata": metadata}
+    task = {"messages": messages, "env_seed": row.get("verifier_metadata") or {}, "metadata": metadata}
+    if "env_url" in row:  # sparring's own field, for rows of a remote resources server
+        task["env_url"] = row["env_url"]
+    return task
 
 
 def read_tasks(path: str | Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(task index, line number, task) for every non-blank line of a JSONL file; bad rows raise TaskError."""
+    for index, line_no, task in scan_tasks(path):
+        if isinstance(task, TaskError):
+            raise task
+        yield index, line_no, task
+
+
+def scan_tasks(path: str | Path) -> Iterator[tuple[int, int, dict[str, Any] | TaskError]]:
+    """Like `read_tasks`, but a bad row comes back as its TaskError and the scan goes on.
+
+    Every non-blank line has a task index, bad ones included, so indices never shift when a row is fixed.
+    """
     index = 0
     with open(path, "rb") as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -98,10 +114,11 @@ def read_tasks(path: str | Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 continue
             where = f"{path}:{line_no}"
             try:
-                row = orjson.loads(line)
+                yield index, line_no, parse_task(orjson.loads(line), where)
             except orjson.JSONDecodeError as exc:
-                raise TaskError(f"{where}: not valid JSON ({exc})") from None
-            yield index, line_no, parse_task(row, where)
+                yield index, line_no, TaskError(f"{where}: not valid JSON ({exc})")
+            except TaskError as exc:
+                yield index, line_no, exc
             index += 1
 
 
