@@ -1,10 +1,11 @@
-"""What the notebooks share: which model servers to use, and the token ledger drawn as HTML.
+"""What the notebooks share: which model servers to use, and a rollout's page framed for a notebook.
 
 The notebooks in `notebooks/` are thin faces over `build_graph` and `run_episode`. This module only
 decides where the models are, so one notebook runs in CI against the scripted server and on a
 researcher's machine against real models:
 
-- scripted (the default): a `FakeModelServer` started in the notebook's own event loop;
+- scripted (the default): a `FakeModelServer` started in the notebook's own event loop, with its
+  tokenizer known, so token mode is tito as with `sparring models up`;
 - real, when `SPARRING_NOTEBOOK_MODEL=real` or `SPARRING_POLICY_BASE_URL` is set: endpoints resolved
   exactly as `sparring run` resolves them (`SPARRING_*` variables, then `sparring models up`).
 """
@@ -14,20 +15,20 @@ from __future__ import annotations
 import argparse
 import html
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sparring.graphs.context import EpisodeConfig
+from sparring.models.tito import FAKE_TOKENIZER_PREFIX
 from sparring.options import add_episode_options, default_config, episode_config
+from sparring.rollouts.html import rollout_page
+from sparring.rollouts.show import token_decoder
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import tictactoe_players
-from sparring.testing.tokenizer import TOKEN_STRINGS
 
 MODEL_VARIABLE = "SPARRING_NOTEBOOK_MODEL"
 """`real` runs the notebooks on real model servers; anything else (or unset) on the scripted one."""
-
-TokenText = Callable[[Sequence[int]], list[str]]
 
 
 def wants_real_model() -> bool:
@@ -51,17 +52,6 @@ class NotebookModels:
             f"{kind}: policy {self.config.policy_model} at {', '.join(self.config.policy_base_urls)}, "
             f"user {self.config.user_model} at {', '.join(self.config.user_base_urls)}{mode}"
         )
-
-    def token_text(self) -> TokenText:
-        """Display text for token ids: the scripted byte tokenizer, the policy's own tokenizer, or the ids."""
-        if self.server is not None:
-            return lambda ids: [TOKEN_STRINGS[i] for i in ids]
-        if self.config.policy_tokenizer:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.config.policy_tokenizer)
-            return lambda ids: [tokenizer.decode([i]) for i in ids]
-        return lambda ids: [f"[{i}]" for i in ids]
 
     async def close(self) -> None:
         """Stop the scripted server, if this notebook started one."""
@@ -87,49 +77,19 @@ async def open_models(env_name: str, responders: Mapping[str, Any] | None = None
         policy_base_urls=[server.base_url],
         user_base_urls=[server.base_url],
         request_timeout_s=30.0,
+        policy_tokenizer=FAKE_TOKENIZER_PREFIX + server.template,  # tito, as on real models from `models up`
     )
     return NotebookModels(config, server)
 
 
-_STYLE = """
-<style>
-.sp-ledger { font-family: ui-monospace, monospace; font-size: 12px; line-height: 1.7; white-space: pre-wrap; }
-.sp-ledger .t { box-shadow: inset -1px 0 rgba(0, 0, 0, 0.08); }  /* a hairline between tokens */
-.sp-ledger .m0 { background: #e8e8e8; color: #555; }
-.sp-ledger .m1 { background: #b9f0c0; color: #000; }
-.sp-ledger .sp { font-weight: bold; }
-.sp-legend span { padding: 1px 6px; margin-right: 8px; border-radius: 2px; font-family: ui-monospace, monospace; }
-</style>
-"""
+def rollout_frame(record: Mapping[str, Any], config: EpisodeConfig, height: int = 720) -> str:
+    """The page `sparring show --html` writes for this record, framed so its styles stay out of the notebook.
 
-
-def ledger_html(record: Mapping[str, Any], token_text: TokenText, max_tokens: int | None = None) -> str:
-    """The policy's tokens coloured by loss mask (green: trained, grey: context), logprob on hover.
-
-    The text shown per token is for reading only; training data is the ids themselves. `max_tokens`
-    shortens each segment's view from the start (the tail, where the later turns are, is kept).
+    Token text is decoded with the policy's tokenizer (`config.policy_tokenizer`) for display only; without
+    one the page shows the ids.
     """
-    trajectory = record["trajectory"]
-    parts = [_STYLE]
-    trained = sum(sum(segment["loss_mask"]) for segment in trajectory["segments"])
-    total = sum(len(segment["token_ids"]) for segment in trajectory["segments"])
-    parts.append(
-        '<div class="sp-legend"><span class="m1">trained (loss_mask 1)</span><span class="m0">context (loss_mask 0)'
-        f"</span>{total} tokens, {trained} trained, {len(trajectory['segments'])} segment(s), "
-        f"{trajectory['prefix_mismatches']} prefix mismatch(es)</div>"
+    page = rollout_page(dict(record), token_decoder(config.policy_tokenizer))
+    return (  # wrapped in a div: IPython's HTML() warns about a bare iframe
+        f'<div><iframe srcdoc="{html.escape(page, quote=True)}" title="rollout {html.escape(str(record.get("id")))}" '
+        f'style="width: 100%; height: {height}px; border: 1px solid #ddd"></iframe></div>'
     )
-    for number, segment in enumerate(trajectory["segments"]):
-        ids, mask, logprobs = segment["token_ids"], segment["loss_mask"], segment["logprobs"]
-        start = 0 if max_tokens is None else max(0, len(ids) - max_tokens)
-        texts = token_text(ids[start:])
-        spans = []
-        for position in range(start, len(ids)):
-            text = texts[position - start]
-            hover = f"#{position} id {ids[position]}" + (f" logprob {logprobs[position]:.4f}" if mask[position] else "")
-            special = " sp" if text.startswith("<|") and text.endswith("|>") else ""
-            spans.append(
-                f'<span class="t m{mask[position]}{special}" title="{html.escape(hover)}">{html.escape(text)}</span>'
-            )
-        skipped = f"<i>({start} earlier tokens not shown)</i> " if start else ""
-        parts.append(f"<p><b>segment {number}</b></p><div class='sp-ledger'>{skipped}{''.join(spans)}</div>")
-    return "\n".join(parts)

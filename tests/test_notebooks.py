@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 from pathlib import Path
@@ -10,8 +11,13 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from sparring.notebook import ledger_html, open_models, wants_real_model
-from sparring.testing.tokenizer import TOKEN_STRINGS
+from sparring.envs.tictactoe import TicTacToe
+from sparring.graphs.episode import build_graph
+from sparring.nodes.deps import EpisodeDeps
+from sparring.notebook import open_models, rollout_frame, wants_real_model
+from sparring.rollouts.html import rollout_page
+from sparring.rollouts.runner import run_episode
+from sparring.rollouts.show import token_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -88,22 +94,22 @@ async def test_real_endpoints_come_from_the_variables_like_sparring_run(monkeypa
     assert models.config.max_steps_per_turn == 3  # the environment's own settings still apply
 
 
-def test_ledger_view_colours_every_token_by_its_mask() -> None:
-    ids = [1, 75, 76, 2, 75]  # <|im_start|> 'H' 'I' <|im_end|> 'H'
-    record = {
-        "trajectory": {
-            "segments": [{"token_ids": ids, "loss_mask": [0, 0, 1, 1, 0], "logprobs": [0, 0, -0.25, -0.5, 0]}],
-            "prefix_mismatches": 0,
-            "calls": [],
-        }
-    }
-
-    def token_text(token_ids):
-        return [TOKEN_STRINGS[i] for i in token_ids]
-
-    page = ledger_html(record, token_text)
-    assert page.count('class="t m0') == 3 and page.count('class="t m1') == 2
-    assert "logprob -0.2500" in page and "logprob -0.5000" in page
-    assert "&lt;|im_end|&gt;" in page  # token text is escaped, specials included
-    shortened = ledger_html(record, token_text, max_tokens=2)
-    assert shortened.count('class="t ') == 2 and "3 earlier tokens not shown" in shortened
+async def test_the_scripted_server_runs_in_tito_mode_and_the_page_shows_its_tokens() -> None:
+    """The rollout frame is `sparring show --html`'s page, escaped into an iframe, with token text decoded."""
+    models = await open_models("tictactoe")
+    try:
+        assert models.server is not None and models.config.policy_tokenizer == "sparring-fake:chatml"
+        assert "scripted model server" in models.description
+        deps = EpisodeDeps(TicTacToe())
+        try:
+            record = await run_episode(build_graph(deps.env, deps), {}, models.config, env="tictactoe")
+        finally:
+            await deps.clients.aclose()
+    finally:
+        await models.close()
+    assert record["status"] == "completed" and len(record["trajectory"]["segments"]) == 1
+    frame = rollout_frame(record, models.config)
+    assert frame.startswith('<div><iframe srcdoc="&lt;!DOCTYPE html&gt;')
+    page = html.unescape(frame.split('srcdoc="', 1)[1].split('" title=', 1)[0])
+    assert page == rollout_page(record, token_decoder(models.config.policy_tokenizer))
+    assert page.count('class="t m1"') == sum(record["trajectory"]["segments"][0]["loss_mask"])
