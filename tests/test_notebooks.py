@@ -44,6 +44,10 @@ def kernel_of_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     return KERNEL
 
 
+def test_there_are_four_notebooks() -> None:
+    assert [p.name.split("-")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, kernel_of_this_python: str) -> None:
     """Every cell runs without an error (the notebooks assert on what they show)."""
