@@ -62,11 +62,16 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def episode_config(args: argparse.Namespace, env_name: str) -> EpisodeConfig:
-    """Settings from flags, then $SPARRING_* variables, then servers started by `sparring models up`."""
+def episode_config(
+    args: argparse.Namespace, env_name: str, roles: tuple[str, ...] = ("policy", "user")
+) -> EpisodeConfig:
+    """Settings from flags, then $SPARRING_* variables, then servers started by `sparring models up`.
+
+    `roles` are the endpoints that must be found (the gateway needs only the policy).
+    """
     changes: dict[str, Any] = {}
     local = _local_endpoints()
-    for role in ("policy", "user"):
+    for role in roles:
         urls = getattr(args, f"{role}_base_url") or _env_list(f"SPARRING_{role.upper()}_BASE_URL")
         model = getattr(args, f"{role}_model") or os.environ.get(f"SPARRING_{role.upper()}_MODEL")
         if not urls and role in local:
