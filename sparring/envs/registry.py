@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sparring.envs.base import Environment
+from sparring.envs.calendar import Calendar
+from sparring.envs.remote import Remote
+from sparring.envs.support_desk import SupportDesk
 from sparring.envs.tictactoe import TicTacToe
 
-ENVIRONMENTS: dict[str, Callable[[], Environment]] = {"tictactoe": TicTacToe}
+ENVIRONMENTS: dict[str, Callable[[], Environment]] = {
+    "calendar": Calendar,
+    "remote": Remote,
+    "support-desk": SupportDesk,
+    "tictactoe": TicTacToe,
+}
 
 
 def get_environment(name: str) -> Environment:

@@ -53,6 +53,7 @@ from sparring.testing.responders import (
     Step,
     as_responder,
     as_step,
+    calendar_players,
     tictactoe_players,
 )
 from sparring.testing.tokenizer import (
@@ -71,6 +72,7 @@ from sparring.testing.tokenizer import (
 
 PRESETS: dict[str, Callable[[], dict[str, Responder]]] = {
     "tictactoe": tictactoe_players,
+    "calendar": calendar_players,
     "echo": lambda: {"policy": Echo()},
 }
 """Responder sets by name for the CLI and the child process; unknown model names go to "policy"."""

@@ -309,3 +309,101 @@ def support_desk_players(task_id: str = "sd-01", *, tell_facts: bool = True) -> 
     policy.append(Say(f"All done. {facts}".strip()))
     user.append(Say(f"Thank you, that's all. {STOP_TOKEN}"))
     return {"policy": Script(policy), "user": Script(user)}
+
+
+CALENDAR_REQUEST = re.compile(r"event (\d+), ([^,]+), for (\d+) minutes, ([^.]*?)\.(?:\s|$)", re.IGNORECASE)
+
+
+class CalendarPlanner:
+    """The calendar assistant, deterministically: it reads every request the user made (the wording of
+    `sparring tasks calendar` and the default task) and places each event at the earliest quarter hour
+    that meets its constraint without overlapping, `at` constraints first.
+
+    Printed form: every reply is the calendar as a JSON list. Tools form (tools offered): it adds the
+    events it has not added yet and moves those the new plan puts elsewhere, then says so. `shift`
+    minutes are added to every start (to script a wrong calendar).
+    """
+
+    def __init__(self, shift: int = 0) -> None:
+        self.shift = shift
+
+    def __call__(self, request: ModelRequest) -> Step:
+        requests = _calendar_requests(request.messages)
+        calendar = _plan(requests, self.shift)
+        if not request.tools:
+            return Say("Here is your calendar:\n" + json.dumps(calendar))
+        starts: dict[int, str] = {}  # where this planner's own calls put each event so far
+        for message in request.messages:
+            for call in message.get("tool_calls") or ():
+                if call.get("function", {}).get("name") in ("add_event", "move_event"):
+                    arguments = json.loads(call["function"]["arguments"])
+                    starts[arguments["event_id"]] = arguments["start_time"]
+        changes = [
+            Call("add_event", event)
+            if event["event_id"] not in starts
+            else Call("move_event", {"event_id": event["event_id"], "start_time": event["start_time"]})
+            for event in calendar
+            if starts.get(event["event_id"]) != event["start_time"]
+        ]
+        if changes and request.messages[-1].get("role") != "tool":
+            return Calls(tuple(changes))
+        return Say(f"Your calendar has {len(calendar)} events.")
+
+
+class CalendarRequester:
+    """The calendar user: asks next_request for its next request, says it, and stops when told all are made
+    (at once when it has no requests to make: a NeMo Gym row, already asked)."""
+
+    def __call__(self, request: ModelRequest) -> Step:
+        if not request.tools:
+            return Say("###STOP###")
+        last = request.messages[-1]
+        if last.get("role") != "tool":
+            return Call("next_request", {"count": 1}) if request.tool_choice != "none" else Say("Go on.")
+        text = content_text(last.get("content"))
+        if "All your requests are made" in text:
+            return Say("###STOP###")
+        return Say(text.partition(":")[2].strip() or text)
+
+
+def _calendar_requests(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, int, str]]:
+    """(event id, name, minutes, constraint) for each request in the user's messages, first mention wins."""
+    found: dict[int, tuple[int, str, int, str]] = {}
+    for message in messages:
+        if message.get("role") == "user":
+            for match in CALENDAR_REQUEST.finditer(content_text(message.get("content"))):
+                event_id = int(match[1])
+                found.setdefault(event_id, (event_id, match[2].strip(), int(match[3]), match[4].strip()))
+    return sorted(found.values())
+
+
+def _plan(requests: Sequence[tuple[int, str, int, str]], shift: int) -> list[dict[str, Any]]:
+    """Earliest quarter-hour placement, 10am-4pm, `at` events first, then between / before / after / free."""
+    from sparring.envs.calendar.scoring import clock, constraint_holds
+
+    rank = {"at": 0, "between": 1, "before": 2, "after": 3}
+    order = sorted(requests, key=lambda r: (rank.get(r[3].partition(" ")[0], 4), r[0]))
+    busy: list[tuple[int, int]] = []
+    placed: dict[int, dict[str, Any]] = {}
+    for event_id, name, duration, constraint in order:
+        wanted = None if constraint.startswith("any") else constraint
+        for start in range(10 * 60, 16 * 60 - duration + 1, 15):
+            end = start + duration
+            if constraint_holds(wanted, start, end) and all(end <= s or start >= e for s, e in busy):
+                busy.append((start, end))
+                placed[event_id] = {
+                    "event_id": event_id,
+                    "event_name": name,
+                    "start_time": clock(start + shift),
+                    "duration": duration,
+                }
+                break
+    return [placed[i] for i in sorted(placed)]
+
+
+def calendar_players(shift: int = 0) -> dict[str, Responder]:
+    """The `calendar` preset: a planner that schedules every request correctly (reward 1 on the default task
+    and on generated ones it can place), and a user that makes the requests one per turn, then stops.
+    With `shift` the planner moves every event by that many minutes (e.g. 360: out of the day, reward 0).
+    """
+    return {"policy": CalendarPlanner(shift), "user": CalendarRequester()}

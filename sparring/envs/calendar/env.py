@@ -1,0 +1,344 @@
+"""Calendar: a scheduling assistant (the policy) builds a day's calendar from the user's requests.
+
+Two forms, one verifier (scoring.py, NeMo Gym's semantics):
+- printed: the policy prints the whole calendar as a JSON list in every reply, and the last reply
+  is graded, exactly as NeMo Gym grades its calendar rows (which are accepted as they are:
+  `responses_create_params.input` plus `exp_cal_state`);
+- tools (`env_seed.tools: true`): the policy edits the calendar with add_event / move_event /
+  delete_event / list_events, and the calendar in the environment's state is graded.
+With `env_seed.requests`, the simulated user makes the requests one or two per turn and ends with
+the stop token once all are made. The user learns its next request(s) from its own tool,
+`next_request`, so the environment (not a small model's memory) keeps track of what was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from langchain_core.messages import AIMessage
+
+from sparring.envs.base import Actor, Verdict
+from sparring.envs.calendar.scoring import TimeFormatError, clock, grade_events, grade_text, minutes
+from sparring.tools.specs import ToolResult, ToolSpec
+
+STOP_TOKEN = "###STOP###"
+EVENT_ID = {"type": "integer", "minimum": 1, "description": "The event's number, as the user gave it."}
+START_TIME = {"type": "string", "description": "Start time like '10am' or '2:30pm'."}
+NO_ARGUMENTS = {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+ADD_EVENT = ToolSpec(
+    "add_event",
+    "Add an event to today's calendar.",
+    _object(
+        {
+            "event_id": EVENT_ID,
+            "event_name": {"type": "string", "description": "A short name for the event."},
+            "start_time": START_TIME,
+            "duration": {"type": "integer", "minimum": 1, "maximum": 1440, "description": "Length in minutes."},
+        }
+    ),
+)
+MOVE_EVENT = ToolSpec(
+    "move_event", "Move an event to a new start time.", _object({"event_id": EVENT_ID, "start_time": START_TIME})
+)
+DELETE_EVENT = ToolSpec("delete_event", "Remove an event from the calendar.", _object({"event_id": EVENT_ID}))
+LIST_EVENTS = ToolSpec("list_events", "Show today's calendar.", NO_ARGUMENTS)
+TOOLS = (ADD_EVENT, MOVE_EVENT, DELETE_EVENT, LIST_EVENTS)
+NEXT_REQUEST = ToolSpec(
+    "next_request",
+    "Learn the next of your requests to make (count: how many, 1 or 2).",
+    _object({"count": {"type": "integer", "enum": [1, 2], "description": "How many requests to make now."}}),
+)
+
+PRINTED_PROMPT = (
+    "You are a scheduling assistant keeping the user's calendar for today. Schedule every event the user "
+    "asks for: give it the duration asked for, keep it inside the working day, satisfy its time constraint "
+    "(before X: it ends by X; after X: it starts at or after X; between X and Y: it starts at or after X and "
+    "ends by Y; at X: it starts at X), and never let two events overlap. Use the event numbers the user "
+    "gives. In every reply, print the whole calendar so far as a JSON list, one object per event: "
+    '[{"event_id": 1, "event_name": "Team sync", "start_time": "10am", "duration": 60}]. '
+    "Write times like 10am or 2:30pm."
+)
+TOOLS_PROMPT = (
+    "You are a scheduling assistant keeping the user's calendar for today with the tools add_event, "
+    "move_event, delete_event and list_events. Schedule every event the user asks for: give it the duration "
+    "asked for, keep it inside the working day, satisfy its time constraint (before X: it ends by X; after "
+    "X: it starts at or after X; between X and Y: it starts at or after X and ends by Y; at X: it starts at "
+    "X), and never let two events overlap. Use the event numbers the user gives and times like 10am or "
+    "2:30pm. After the tool calls, tell the user in one short sentence what you scheduled."
+)
+REQUESTS_PERSONA = (
+    "You are planning your day with a scheduling assistant. At the start of each of your turns, call "
+    "next_request to learn what to ask for next. Then write that request to the assistant in plain words, "
+    "with the event number, duration and time; never write JSON. When next_request says that all "
+    f"your requests are made, reply with only {STOP_TOKEN}."
+)
+DONE_PERSONA = f"The assistant has answered your scheduling request. Reply with only {STOP_TOKEN}."
+
+
+def _expect(event_id: int, name: str, duration: int, constraint: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "event_name": name,
+        "duration": duration,
+        "constraint": constraint,
+        "min_time": "10am",
+        "max_time": "4pm",
+    }
+
+
+DEFAULT_SEED: Mapping[str, Any] = MappingProxyType(
+    {
+        "exp_cal_state": {
+            "1": _expect(1, "Team sync", 60, "at 10am"),
+            "2": _expect(2, "Lunch with Sam", 45, "between 12pm and 1:30pm"),
+            "3": _expect(3, "Gym", 90, "after 2pm"),
+        },
+        "requests": [
+            "Please add event 1, Team sync, for 60 minutes, at 10am.",
+            "Please add event 2, Lunch with Sam, for 45 minutes, between 12pm and 1:30pm.",
+            "Please add event 3, Gym, for 90 minutes, after 2pm.",
+        ],
+    }
+)
+"""The task `sparring run --env calendar` plays when it is given none."""
+
+
+class SeedError(ValueError):
+    """The task's calendar data cannot be graded."""
+
+
+class Calendar:
+    """The calendar environment; the episode state is a JSON-able dict."""
+
+    name = "calendar"
+    # A policy turn may take several tool calls (tools form); a user turn is next_request, then words.
+    settings: Mapping[str, Any] = MappingProxyType(
+        {"max_turns": 8, "max_steps_per_turn": 6, "max_user_steps_per_turn": 2, "user_tool_choice": "required"}
+    )
+
+    def tools(self, actor: Actor) -> Sequence[ToolSpec]:
+        """The tools each actor may get (a task switches the policy's on, and gives the user requests)."""
+        return TOOLS if actor == "policy" else (NEXT_REQUEST,) if actor == "user" else ()
+
+    def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
+        """The policy's calendar tools in the tools form; the user's next_request when it has requests."""
+        if actor == "policy":
+            return TOOLS if state.get("use_tools") else ()
+        return (NEXT_REQUEST,) if actor == "user" and state.get("requests") else ()
+
+    def default_messages(self) -> list[dict[str, str]]:
+        """The assistant's instructions; the user speaks first with its first request."""
+        return [{"role": "system", "content": PRINTED_PROMPT}]
+
+    def user_persona(self, task: dict[str, Any]) -> str:
+        """A user with requests to make, or (a NeMo Gym row, already asked) one who only ends the episode."""
+        if task.get("user_persona"):
+            return task["user_persona"]
+        requests = _seed_of(task).get("requests") or []
+        return REQUESTS_PERSONA if requests else DONE_PERSONA
+
+    async def seed(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The expected calendar (`env_seed.exp_cal_state`, or a NeMo Gym row's own), the requests and the form."""
+        seed = _seed_of(task)
+        expected = seed.get("exp_cal_state", (task.get("metadata") or {}).get("exp_cal_state"))
+        where = "env_seed.exp_cal_state" if "exp_cal_state" in seed else "exp_cal_state"
+        if expected is None:
+            raise SeedError("env_seed.exp_cal_state: missing (the expected events, keyed by event id)")
+        requests = seed.get("requests") or []
+        if not isinstance(requests, list) or not all(isinstance(r, str) for r in requests):
+            raise SeedError("env_seed.requests: must be a list of strings (the user's requests, in order)")
+        if not isinstance(seed.get("tools", False), bool):
+            raise SeedError("env_seed.tools: must be true or false")
+        return {
+            "exp_cal_state": _checked_expectation(expected, where),
+            "requests": list(requests),
+            "use_tools": seed.get("tools", False),
+            "revealed": 0,
+            "events": [],
+        }
+
+    def is_done(self, state: dict[str, Any]) -> bool:
+        """The user ends the episode (stop token); the calendar never finishes by itself."""
+        return False
+
+    def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
+        """The user's turn ends in words once it has learnt its request; the policy's when it replies in words."""
+        return actor == "user"
+
+    async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
+        """Edit or show the calendar; a bad call comes back as an error with the calendar unchanged."""
+        if actor == "user":
+            return _next_request(state, name, arguments)
+        if actor != "policy" or not state.get("use_tools"):
+            return _error(state, f"{actor} has no calendar tools in this task")
+        events = state["events"]
+        by_id = {event["event_id"]: event for event in events}
+        event_id = arguments.get("event_id")
+        try:
+            if name == "list_events":
+                return _result(state, events, "The calendar.")
+            if name == "add_event":
+                if event_id in by_id:
+                    return _error(state, f"event {event_id} is already on the calendar; move or delete it instead")
+                event = {
+                    "event_id": event_id,
+                    "event_name": arguments["event_name"],
+                    "start_time": _checked_start(arguments["start_time"], arguments["duration"]),
+                    "duration": arguments["duration"],
+                }
+                return _result(state, [*events, event], f"Added event {event_id}.", event)
+            if event_id not in by_id:
+                return _error(state, f"there is no event {event_id}; the calendar has {_ids(events)}")
+            if name == "move_event":
+                moved = {
+                    **by_id[event_id],
+                    "start_time": _checked_start(arguments["start_time"], by_id[event_id]["duration"]),
+                }
+                updated = [moved if e["event_id"] == event_id else e for e in events]
+                return _result(state, updated, f"Moved event {event_id}.", moved)
+            if name == "delete_event":
+                return _result(state, [e for e in events if e["event_id"] != event_id], f"Deleted event {event_id}.")
+        except TimeFormatError as exc:
+            return _error(state, str(exc))
+        return _error(state, f"unknown tool {name!r}; the tools are {', '.join(t.name for t in TOOLS)}")
+
+    def observe(self, state: dict[str, Any], actor: Actor) -> str | None:
+        """Nothing: the policy keeps (or lists) the calendar itself, and the user sees the policy's replies."""
+        return None
+
+    async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
+        """The calendar in state (tools form) or in the policy's last reply (printed form), graded per check."""
+        expected = state["exp_cal_state"]
+        if state.get("use_tools"):
+            grade, calendar = grade_events(state["events"], expected), state["events"]
+        else:
+            reply = last_reply(messages)
+            grade = grade_text(reply, expected)
+            calendar = None
+        return Verdict(
+            reward=grade.reward,
+            components=grade.components,
+            result={
+                "reason": grade.reason,
+                "failures": grade.failures,
+                "calendar": calendar,
+                "exp_cal_state": expected,
+            },
+        )
+
+
+def _seed_of(task: dict[str, Any]) -> Mapping[str, Any]:
+    """The task's env_seed; a task with neither an env_seed nor a NeMo Gym `exp_cal_state` gets the default."""
+    if task.get("env_seed") or "exp_cal_state" in (task.get("metadata") or {}):
+        return task.get("env_seed") or {}
+    return DEFAULT_SEED
+
+
+def _next_request(state: dict[str, Any], name: str, arguments: dict[str, Any]) -> ToolResult:
+    """Reveal the user's next one or two requests, in order; once all are out, tell it to stop."""
+    requests, revealed = state["requests"], state["revealed"]
+    if name != NEXT_REQUEST.name or not requests:
+        return ToolResult(
+            content=f"Error: the user's only tool is next_request, for tasks with requests; got {name!r}",
+            state=state,
+            is_error=True,
+        )
+    if revealed >= len(requests):
+        return ToolResult(content=f"All your requests are made. Reply with only {STOP_TOKEN}.", state=state)
+    shown = requests[revealed : revealed + arguments.get("count", 1)]
+    text = "Now write this to the assistant, in plain words (no JSON): " + " ".join(shown)
+    return ToolResult(content=text, state={**state, "revealed": revealed + len(shown)})
+
+
+def last_reply(messages: Sequence[Any]) -> str:
+    """The text of the policy's last message (empty when it ended on a tool call or said nothing)."""
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            return message.content if isinstance(message.content, str) else ""
+    return ""
+
+
+def _checked_expectation(expected: Any, where: str) -> dict[str, dict[str, Any]]:
+    """`exp_cal_state` with every field the grader reads present and readable."""
+    if not isinstance(expected, dict):
+        raise SeedError(f"{where}: must be an object keyed by event id, got {type(expected).__name__}")
+    for event_id, event in expected.items():
+        at = f"{where}.{event_id}"
+        if not isinstance(event, dict):
+            raise SeedError(f"{at}: must be an object with duration, constraint, min_time, max_time")
+        for name in ("duration", "min_time", "max_time"):
+            if name not in event:
+                raise SeedError(f"{at}.{name}: missing")
+        if isinstance(event["duration"], bool) or not isinstance(event["duration"], int) or event["duration"] < 1:
+            raise SeedError(f"{at}.duration: must be a positive number of minutes, got {event['duration']!r}")
+        try:
+            minutes(event["min_time"]), minutes(event["max_time"])
+            _check_constraint(event.get("constraint"))
+        except TimeFormatError as exc:
+            raise SeedError(f"{at}: {exc}") from None
+    return {event_id: dict(event) for event_id, event in expected.items()}
+
+
+def _check_constraint(constraint: Any) -> None:
+    if constraint is None:
+        return
+    if not isinstance(constraint, str):
+        raise TimeFormatError(f"constraint must be a string or null, got {constraint!r}")
+    kind, _, rest = constraint.partition(" ")
+    if kind == "between":
+        low, separator, high = rest.partition(" and ")
+        if not separator:
+            raise TimeFormatError(f"constraint {constraint!r}: expected 'between X and Y'")
+        minutes(low), minutes(high)
+    elif kind in ("before", "after", "at"):
+        minutes(rest)
+    else:
+        raise TimeFormatError(f"constraint {constraint!r}: expected before / after / between ... and ... / at")
+
+
+def _checked_start(start_time: str, duration: int) -> str:
+    """The start time as the calendar keeps it, if the event fits in the day."""
+    start = minutes(start_time)
+    if start < 0 or start + duration > 24 * 60:
+        raise TimeFormatError(f"an event at {start_time} lasting {duration} minutes does not fit in the day")
+    return clock(start)
+
+
+def _ids(events: list[dict[str, Any]]) -> str:
+    return ", ".join(str(e["event_id"]) for e in events) or "no events"
+
+
+def _calendar_json(events: list[dict[str, Any]], **extra: Any) -> str:
+    ordered = sorted(events, key=lambda e: minutes(e["start_time"]))
+    return orjson.dumps({"calendar": ordered, **extra}).decode()
+
+
+def _result(
+    state: dict[str, Any], events: list[dict[str, Any]], message: str, changed: dict[str, Any] | None = None
+) -> ToolResult:
+    """The new state and what the policy sees: the message, any overlap with the changed event, the calendar."""
+    extra: dict[str, Any] = {"result": message}
+    if changed is not None:
+        start = minutes(changed["start_time"])
+        end = start + changed["duration"]
+        clashes = [
+            e["event_id"]
+            for e in events
+            if e is not changed and minutes(e["start_time"]) < end and start < minutes(e["start_time"]) + e["duration"]
+        ]
+        if clashes:
+            extra["warning"] = f"event {changed['event_id']} overlaps event(s) {', '.join(map(str, clashes))}"
+    return ToolResult(content=_calendar_json(events, **extra), state={**state, "events": events})
+
+
+def _error(state: dict[str, Any], message: str) -> ToolResult:
+    return ToolResult(content=_calendar_json(state["events"], error=message), state=state, is_error=True)
