@@ -10,13 +10,14 @@ from typing import Any
 
 import orjson
 
+from sparring.envs import commands as task_commands
 from sparring.envs.registry import ENVIRONMENTS, get_environment
 from sparring.graphs import commands as graph_commands
 from sparring.graphs.episode import build_graph
 from sparring.models import commands as model_commands
 from sparring.nodes.deps import EpisodeDeps
 from sparring.options import UsageError, add_episode_options, episode_config
-from sparring.rollouts import collect, show
+from sparring.rollouts import collect, export, rescore, show
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
@@ -106,9 +107,12 @@ def make_parser() -> argparse.ArgumentParser:
     graph_commands.register(sub)
     show.register(sub)
     collect.register(sub)
+    export.register(sub)
     model_commands.register(sub)
     fake_model_commands.register(sub)
     serve_commands.register(sub)
+    task_commands.register(sub)
+    rescore.register(sub)
     return parser
 
 

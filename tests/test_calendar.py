@@ -252,17 +252,24 @@ async def test_the_printed_form_has_no_policy_tools_and_the_user_cannot_edit() -
     assert result.is_error and "no calendar tools" in result.content
 
 
-async def test_next_request_reveals_one_or_two_requests_in_order_then_says_stop() -> None:
+async def test_the_user_is_shown_its_requests_one_or_two_a_turn_then_told_to_stop() -> None:
     env = Calendar()
-    state = await env.seed({"env_seed": {"exp_cal_state": EXPECTED, "requests": ["first.", "second.", "third."]}})
-    two = await env.call_tool(state, "user", "next_request", {"count": 2})
-    assert two.content.endswith("first. second.") and two.state["revealed"] == 2
-    one = await env.call_tool(two.state, "user", "next_request", {"count": 2})
-    assert one.content.endswith("third.") and one.state["revealed"] == 3
-    done = await env.call_tool(one.state, "user", "next_request", {"count": 1})
-    assert "###STOP###" in done.content and done.state == one.state
+    seed = {"exp_cal_state": EXPECTED, "requests": ["First.", "Second.", "Third."], "per_turn": 2}
+    state = await env.seed({"env_seed": seed})
+    assert env.episode_tools(state, "user") == () and env.observe(state, "policy") is None
+    assert (
+        env.observe(state, "user")
+        == "(Your next request: First. Second. Write it to the assistant now, in plain words.)"
+    )
+    state = env.settle_user_turn(state).state
+    assert "Your next request: Third. Write" in env.observe(state, "user")
+    state = env.settle_user_turn(state).state
+    assert env.observe(state, "user") == "(All your requests are made. Reply with only ###STOP###.)"
+    assert env.settle_user_turn(state) is None
+    with pytest.raises(SeedError, match=r"env_seed\.per_turn"):
+        await env.seed({"env_seed": {**seed, "per_turn": 3}})
     wrong = await env.call_tool(state, "user", "add_event", {})
-    assert wrong.is_error and "next_request" in wrong.content
+    assert wrong.is_error and "no calendar tools" in wrong.content
 
 
 # ---- the generator --------------------------------------------------------------------------------

@@ -300,9 +300,10 @@ async def test_replicas_are_sticky_per_episode_and_the_session_header_is_sent() 
 
 async def test_a_bad_seed_aborts_with_a_precise_error(make_harness) -> None:
     async with make_harness({"policy": "hi", "user": "hi"}) as h:
-        record = await h.play({"env_seed": {"initial_moves": [{"position": 4, "mark": "O"}]}})
+        moves = [{"position": 4, "mark": "O"}, {"position": 4, "mark": "X"}]
+        record = await h.play({"env_seed": {"initial_moves": moves}})
         assert (record["status"], record["stop_reason"]) == ("aborted", "invalid_task")
-        assert "env_seed.initial_moves[0]: it is not O's turn" in record["error"]["message"]
+        assert "env_seed.initial_moves[1]: position 4 is already taken by O" in record["error"]["message"]
         assert h.server.requests == []
 
 

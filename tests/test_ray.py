@@ -1,22 +1,86 @@
-"""`collect --ray`: the batch runner on Ray actors, with a worker killed mid-run, on a loopback-only local Ray."""
+"""`collect --ray`: the batch runner on Ray actors, with a worker killed mid-run, on a loopback-only local Ray.
+
+The command-line tests come first: each starts its own local Ray in a `sparring collect` process, and
+they should not run beside the module's shared instance (2 cores).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from sparring.options import default_config
-from sparring.rollouts.batch import BatchItem
-from sparring.rollouts.ray_runner import RayRunner
+from sparring.cli import make_parser
+from sparring.options import UsageError, default_config
+from sparring.rollouts.batch import BatchItem, BatchRunner
+from sparring.rollouts.ray_runner import RayRunner, make_runner
 from sparring.testing import FakeModelServer, ModelRequest
 from sparring.testing.responders import tictactoe_players
+
+SPARRING = [sys.executable, "-m", "sparring.cli"]
+
+
+def write_tasks(path: Path, count: int) -> Path:
+    path.write_text("".join(orjson.dumps({"id": f"task-{i}"}).decode() + "\n" for i in range(count)))
+    return path
+
+
+def pairs(path: Path) -> Counter[tuple[int, int]]:
+    """Every line must be a whole record."""
+    return Counter((r["task_index"], r["repeat_index"]) for r in map(orjson.loads, path.read_bytes().splitlines()))
+
+
+async def test_collect_ray_stopped_by_ctrl_c_then_resumed_has_every_episode_once(tmp_path: Path) -> None:
+    tasks, out = write_tasks(tmp_path / "tasks.jsonl", 10), tmp_path / "out.jsonl"
+    async with FakeModelServer(slow_players(), record=False) as server:
+        argv = ["collect", "--ray", "--workers", "2", "--concurrency", "3", "--repeats", "6", "--quiet"]
+        argv += ["--input", str(tasks), "--output", str(out), "--timeout", "30"]
+        argv += ["--policy-base-url", server.base_url, "--user-base-url", server.base_url]
+        # Its own session, so the signal reaches the whole group (driver and Ray's processes), as Ctrl-C does.
+        proc = await asyncio.create_subprocess_exec(
+            *SPARRING, *argv, stderr=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        while not (out.exists() and len(out.read_bytes().splitlines()) >= 5):
+            assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            await asyncio.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 130, stderr
+        assert "Resume with:" in stderr and "--ray" in stderr.split("Resume with:")[1]
+        first = pairs(out)
+        assert max(first.values()) == 1 and sum(first.values()) < 60
+
+        resume = await asyncio.create_subprocess_exec(*SPARRING, *argv, "--resume", stderr=asyncio.subprocess.PIPE)
+        stderr = (await resume.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await resume.wait() == 0, stderr
+    assert pairs(out) == Counter({(task, repeat): 1 for task in range(10) for repeat in range(6)})
+    metrics = orjson.loads(Path(f"{out}.metrics.json").read_bytes())
+    assert metrics["by_status"] == {"completed": 60} and metrics["model_call_latency_s"]["policy"]["count"] > 0
+    assert metrics["replicas"]["policy"][server.base_url]["episodes"] > 0
+
+
+async def test_plain_collect_never_imports_ray(tmp_path: Path) -> None:
+    tasks, out = write_tasks(tmp_path / "tasks.jsonl", 2), tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as server:
+        argv = ["collect", "--input", str(tasks), "--output", str(out), "--quiet"]
+        argv += ["--policy-base-url", server.base_url, "--user-base-url", server.base_url]
+        script = (
+            "import sys; from sparring.cli import main; code = main(sys.argv[1:]); "
+            "assert 'ray' not in sys.modules, 'collect imported ray'; sys.exit(code)"
+        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *argv, stderr=asyncio.subprocess.PIPE)
+        stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 0, stderr
+    assert pairs(out) == Counter({(0, 0): 1, (1, 0): 1})
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +184,13 @@ async def test_stop_ends_running_episodes_as_interrupted_records_and_starts_noth
     interrupted = [r for r in records if r["stop_reason"] == "interrupted"]
     assert interrupted and all(r["status"] == "aborted" for r in interrupted)
     assert {r["stop_reason"] for r in records} <= {"env_done", "interrupted"}
+
+
+def test_address_and_workers_go_with_ray() -> None:
+    argv = ["collect", "--input", "tasks.jsonl", "--output", "out.jsonl", "--policy-base-url", "http://127.0.0.1:9/v1"]
+    for extra in (["--workers", "3"], ["--address", "auto"]):
+        with pytest.raises(UsageError, match="go with --ray"):
+            make_runner(make_parser().parse_args([*argv, *extra]), default_config)
+    assert isinstance(make_runner(make_parser().parse_args(argv), default_config), BatchRunner)
+    ray_runner = make_runner(make_parser().parse_args([*argv, "--ray", "--workers", "3"]), default_config)
+    assert isinstance(ray_runner, RayRunner) and (ray_runner.workers, ray_runner.concurrency) == (3, 8)

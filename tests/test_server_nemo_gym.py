@@ -72,7 +72,10 @@ async def test_run_answers_a_nemo_gym_row_in_the_verify_response_shape() -> None
     for key in ("verifier_metadata", "agent_ref", "_ng_task_index", "_ng_rollout_index"):
         assert answer[key] == ROW[key]
     assert verified.reward == 1.0 and answer["game_result"] == "win"
-    assert answer["responses_create_params"]["input"] == ROW["responses_create_params"]["input"]
+    # The request comes back with NeMo Gym's defaults filled in (each input item's `type`).
+    assert answer["responses_create_params"]["input"] == [
+        {**m, "type": "message"} for m in ROW["responses_create_params"]["input"]
+    ]
     assert answer["responses_create_params"]["temperature"] == 0.5
     policy_requests = [r for r in requests if r["model"] == "policy"]
     assert all(r["body"]["temperature"] == 0.5 for r in policy_requests), "the row's sampling reaches the policy"

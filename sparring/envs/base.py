@@ -4,10 +4,13 @@ An environment is stateless and shared by all episodes; each episode's state is 
 that the environment returns from `seed` and from every tool call, so the graph state (and Studio)
 always holds the truth and nothing hides in the environment object.
 
-Two optional members extend the protocol without touching environments that don't need them:
+Optional members extend the protocol without touching environments that don't need them:
 `episode_tools(state, actor)`, for environments whose tools come from the task (remote: the row's
-`tools`; calendar: tools switched on per task), and `aclose()`, for environments that hold pooled
-resources (remote: its HTTP session). Call them through `episode_tools_hook` and `close_environment`.
+`tools`; calendar: tools switched on per task) or from the state (tictactoe: the user's free cells);
+`aclose()`, for environments that hold pooled resources (remote: its HTTP session); and
+`settle_user_turn(state)`, for environments that must finish what a user left undone before the
+policy acts (tictactoe: a user that could not move). Call them through `episode_tools_hook`,
+`close_environment` and `settle_user_turn_hook`.
 """
 
 from __future__ import annotations
@@ -85,3 +88,13 @@ async def close_environment(env: Environment) -> None:
     aclose = getattr(env, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def settle_user_turn_hook(env: Environment) -> Callable[[Any], ToolResult | None] | None:
+    """The environment's `settle_user_turn(state)`, else None.
+
+    Called when the user's turn closes and the policy's begins: it returns None when there is
+    nothing to settle, else the new state and a note for the policy (e.g. a move played for a user
+    that could not make one), so the policy is never handed a position where it cannot act.
+    """
+    return getattr(env, "settle_user_turn", None)

@@ -2,11 +2,17 @@
 
 The actor comes with every call, so the mark is never inferred from alternation; a move out of turn
 is an error the actor sees, not a move for the other side.
+
+Small models lose track of the board, so the game is built to finish on them: the user's tool lists
+the free cells as an `enum` (with a `strict` tool and a required tool choice, vLLM can only sample a
+legal move), the user hands over right after its move instead of writing words, and if its turn still
+ends without a move the environment plays one for it, so the policy always gets a board it can move on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -38,10 +44,12 @@ POLICY_PROMPT = (
 )
 OPENING = "Let's play tic-tac-toe. You are X and you move first."
 USER_PERSONA = (
-    "You are playing tic-tac-toe as O against the assistant, who plays X. When it is your turn, call "
-    "make_move with the position (0-8, row by row) of an empty cell; then tell the assistant in one short "
-    "sentence of plain words (no JSON, no code) which position you took. Never move for X."
+    "You are playing tic-tac-toe as O against the assistant, who plays X. On your turn, call make_move with "
+    "the position of a free cell: the board shows free cells by their number (0-8, row by row). If you are "
+    "asked to write instead, say in one short plain sentence which cell you took. Never move for X."
 )
+FALLBACK_ORDER = (4, 0, 2, 6, 8, 1, 3, 5, 7)
+"""Where the environment moves for a user that could not: centre, corners, edges."""
 
 
 class SeedError(ValueError):
@@ -52,14 +60,42 @@ class TicTacToe:
     """The tic-tac-toe environment; the episode state is a JSON-able dict."""
 
     name = "tictactoe"
-    # The user must move each turn; a player gets retries after an illegal move, and a legal one ends its turn.
+    # Both players must move each step (a required tool choice, constrained decoding of the arguments);
+    # an illegal move gets a retry, a legal one ends the turn, and the user hands over without words.
     settings: Mapping[str, Any] = MappingProxyType(
-        {"user_tool_choice": "required", "max_steps_per_turn": 3, "max_user_steps_per_turn": 3}
+        {
+            "user_tool_choice": "required",
+            "policy_tool_choice": "required",
+            "max_steps_per_turn": 3,
+            "max_user_steps_per_turn": 3,
+            "user_words_after_move": False,
+        }
     )
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
         """Both players move with the same tool; the environment never acts itself."""
         return (MAKE_MOVE,) if actor in MARKS else ()
+
+    def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
+        """The user's tool offers only the free cells (the policy's stays the full board: its mistakes are data)."""
+        free = [cell for cell, mark in enumerate(state["board"]) if mark is None]
+        if actor != "user" or state["winner"] is not None or not free:
+            return self.tools(actor)
+        position = {"type": "integer", "enum": free, "description": "A free cell: " + ", ".join(map(str, free))}
+        return (replace(MAKE_MOVE, parameters={**MAKE_MOVE.parameters, "properties": {"position": position}}),)
+
+    def settle_user_turn(self, state: dict[str, Any]) -> ToolResult | None:
+        """If O's turn ended without a legal move, play one for it (centre, corners, edges), so X can move."""
+        if state["winner"] is not None or state["next_mark"] != "O":
+            return None
+        position = next(cell for cell in FALLBACK_ORDER if state["board"][cell] is None)
+        new_state = {**state, "board": list(state["board"]), "moves": list(state["moves"])}
+        _place(new_state, "O", position)
+        new_state["moves"][-1]["by"] = "env"
+        message = f"O made no legal move, so the environment played {position} for O."
+        if new_state["winner"]:
+            message += " The board is full: draw." if new_state["winner"] == "draw" else " O wins."
+        return ToolResult(content=message + "\n" + _board_json(new_state), state=new_state)
 
     def default_messages(self) -> list[dict[str, str]]:
         """The opening a task without `messages` gets."""
@@ -70,14 +106,18 @@ class TicTacToe:
         return task.get("user_persona") or USER_PERSONA
 
     async def seed(self, task: dict[str, Any]) -> dict[str, Any]:
-        """An empty board, or the task's `env_seed.initial_moves` ([{position, mark}], legal and alternating)."""
+        """An empty board, or the task's `env_seed.initial_moves` ([{position, mark}]).
+
+        Seeded moves go on the board as given, in any order (NeMo Gym's rows open with O's move alone),
+        and the next mark is the other one; a taken cell, a bad mark or a finished game is an error.
+        """
         state: dict[str, Any] = {"board": [None] * 9, "next_mark": "X", "winner": None, "moves": []}
         seed = task.get("env_seed") or {}
         for i, move in enumerate(seed.get("initial_moves") or ()):
             where = f"env_seed.initial_moves[{i}]"
             if not isinstance(move, dict) or set(move) != {"position", "mark"}:
                 raise SeedError(f"{where}: expected {{'position': 0-8, 'mark': 'X' or 'O'}}, got {move!r}")
-            error = _move_error(state, move["mark"], move["position"])
+            error = _move_error({**state, "next_mark": move["mark"]}, move["mark"], move["position"])
             if error:
                 raise SeedError(f"{where}: {error}")
             _place(state, move["mark"], move["position"])

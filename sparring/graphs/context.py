@@ -50,6 +50,16 @@ class EpisodeConfig:
     user_stop_tokens: list[str] = _setting(
         ["###STOP###"], "Exact strings that end the episode when the user writes one; never shown to the policy."
     )
+    user_stop_strings: list[str] = _setting(
+        ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        "Strings that cut a user reply short (a small model running on into its chat template's next turn); "
+        "sent as the request's `stop` and never part of the user's text.",
+    )
+    user_words_after_move: bool = _setting(
+        True,
+        "Ask the user for words after a tool call that ended its turn (the environment's turn_over); "
+        "False hands the turn straight back to the policy, whose observation shows what changed.",
+    )
     request_timeout_s: float = _setting(120.0, "Seconds one model call may take before it is retried.")
     max_retries: int = _setting(3, "Retries of a model call on 5xx, connection errors and time-outs (never 4xx).")
     token_mode: Literal["auto", "chat", "tito"] = _setting(

@@ -22,10 +22,12 @@ largest single cost of a routing decision (bench/README.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -41,19 +43,44 @@ from sparring.nodes.tools import run_tools
 from sparring.nodes.user import user
 from sparring.nodes.verify import verify
 
+
+class Route(Runnable[EpisodeState, str]):
+    """A routing function run as it is.
+
+    LangGraph wraps a bare path function in a traced runnable (a callback run per decision) and runs a
+    sync one in a worker thread; either cost more than the decision itself (bench/README.md). The
+    targets are passed from the function's `Literal` return type, so the drawing stays exact.
+    """
+
+    def __init__(self, decide: Callable[[EpisodeState], str]) -> None:
+        self.decide = decide
+        self.name = decide.__name__
+
+    def invoke(self, input: EpisodeState, config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        return self.decide(input)
+
+    async def ainvoke(self, input: EpisodeState, config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        return self.decide(input)
+
+
 # Far above any real episode: our own limits (turns, steps) end episodes, never LangGraph's counter.
 RECURSION_LIMIT = 100_000
 
 
 def build_graph(
-    env: Environment, deps: EpisodeDeps | None = None, *, checkpointer: Checkpointer = None
+    env: Environment,
+    deps: EpisodeDeps | None = None,
+    *,
+    checkpointer: Checkpointer = None,
+    context_schema: type[EpisodeConfig] = EpisodeConfig,
 ) -> CompiledStateGraph:
     """The compiled episode graph for one environment; settings come per run as the runtime context.
 
     No checkpointer by default (a rollout needs none; Studio brings its own); pass one to keep every step.
+    `context_schema` may be a subclass with other defaults (Studio's settings form shows them).
     """
     deps = deps or EpisodeDeps(env)
-    graph = StateGraph(EpisodeState, context_schema=EpisodeConfig, input_schema=EpisodeInput)
+    graph = StateGraph(EpisodeState, context_schema=context_schema, input_schema=EpisodeInput)
     graph.add_node("seed", partial(seed, deps=deps))
     graph.add_node("policy", partial(policy, deps=deps))
     graph.add_node("policy_tools", partial(run_tools, deps=deps, actor="policy"))
@@ -62,17 +89,20 @@ def build_graph(
     graph.add_node("verify", partial(verify, deps=deps))
 
     graph.add_edge(START, "seed")
-    graph.add_conditional_edges("seed", route_after_seed)
-    graph.add_conditional_edges("policy", route_after_policy)
-    graph.add_conditional_edges("policy_tools", route_after_policy_tools)
-    graph.add_conditional_edges("user", route_after_user)
-    graph.add_conditional_edges("user_tools", route_after_user_tools)
+    for source, route in (
+        ("seed", route_after_seed),
+        ("policy", route_after_policy),
+        ("policy_tools", route_after_policy_tools),
+        ("user", route_after_user),
+        ("user_tools", route_after_user_tools),
+    ):
+        graph.add_conditional_edges(source, Route(route), list(get_args(get_type_hints(route)["return"])))
     graph.add_edge("verify", END)
     compiled = graph.compile(checkpointer=checkpointer, name=f"sparring-{env.name}")
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
 
 
-async def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]:
+def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "verify"]:
     """The policy answers the opening; with no user message yet, the user speaks first."""
     if state["status"]:
         return "verify"
@@ -81,7 +111,7 @@ async def route_after_seed(state: EpisodeState) -> Literal["policy", "user", "ve
     return "user"
 
 
-async def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "verify"]:
+def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "user", "verify"]:
     """Tool calls are executed; a plain reply ends the policy's turn; a full context or failure ends the episode."""
     if state["status"]:
         return "verify"
@@ -90,7 +120,7 @@ async def route_after_policy(state: EpisodeState) -> Literal["policy_tools", "us
     return "user"
 
 
-async def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
+def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy", "user"]:
     """The environment is asked after every tool step: done ends the episode, a finished turn hands over."""
     if state["status"]:
         return "verify"
@@ -99,7 +129,7 @@ async def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "po
     return "user"
 
 
-async def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
+def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
     """The user's own tool calls run first; its text goes to the policy unless the episode ended."""
     if state["status"]:
         return "verify"
@@ -108,7 +138,7 @@ async def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy
     return "policy"
 
 
-async def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
+def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
     """Done ends the episode; otherwise the user continues, unless its steps ran out (turn already closed)."""
     if state["status"]:
         return "verify"

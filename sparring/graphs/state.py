@@ -10,19 +10,53 @@ change a value they were given, so every checkpoint holds exactly its own step's
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AnyMessage
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
 
 from sparring.rollouts.ledger import LedgerEntry
 
 Status = Literal["completed", "truncated", "aborted"]
 
 
+class TaskRow(TypedDict, total=False):
+    """One task row (rollouts/tasks.py checks rows from files); every field is optional."""
+
+    id: Annotated[str | int, Field(description="Your id for the task, copied into the record as task_id.")]
+    env: Annotated[str, Field(description="Environment name; the graph's own environment runs it.")]
+    messages: Annotated[
+        list[dict[str, Any]],
+        Field(description="The opening, OpenAI chat messages; default: the environment's own opening."),
+    ]
+    env_seed: Annotated[
+        dict[str, Any], Field(description='Environment seed, e.g. {"initial_moves": [{"position": 4, "mark": "X"}]}.')
+    ]
+    user_persona: Annotated[str, Field(description="System prompt of the simulated user; default: the environment's.")]
+    limits: Annotated[dict[str, Any], Field(description='Overrides of this run\'s limits, e.g. {"max_turns": 2}.')]
+    metadata: Annotated[dict[str, Any], Field(description="Anything else; kept, never read by the graph.")]
+    env_url: Annotated[str, Field(description="Resources server of the 'remote' environment.")]
+
+
+class HumanToolCall(TypedDict):
+    """A tool call typed by a person: the tool's name and its arguments."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+class HumanTurn(TypedDict, total=False):
+    """A person's step in place of the user model: words, or tool calls (then words at the next pause)."""
+
+    content: str
+    tool_calls: list[HumanToolCall]
+
+
 class EpisodeInput(TypedDict, total=False):
     """What a run starts from: one task row, and optionally the episode's id."""
 
-    task: dict[str, Any]
+    task: TaskRow
     episode_id: str
 
 
@@ -65,3 +99,6 @@ class EpisodeState(TypedDict, total=False):
     reward: float | None
     reward_components: dict[str, float]
     env_result: dict[str, Any]
+    # Set by a person while the run is paused before `user` (Studio); the user node plays it instead of
+    # calling the user model, and clears it. Text, or a HumanTurn with tool calls.
+    human_turn: str | HumanTurn | None

@@ -1,11 +1,69 @@
-"""The compiled graphs `langgraph dev` and Studio load (langgraph.json points here).
+"""The graphs `langgraph dev` serves to LangGraph Studio: one per registered environment.
 
-The same builder as every other face; edit the endpoints and limits in Studio's context form.
+Each is the one graph builder's output for that environment, bound under the environment's name with
+`-` as `_` (langgraph.json lists them; a test keeps the two in step). Its settings form (the runtime
+context, `EpisodeConfig`) defaults to what `sparring run --env NAME` would use at the moment
+`langgraph dev` starts: the environment's own settings, the endpoints from the `SPARRING_*` variables,
+else the servers `sparring models up` started (with the policy's tokenizer, so token mode is tito),
+else 127.0.0.1:8000. Studio edits them per assistant or per run.
+
+A person plays the simulated user by pausing before `user` (interrupt_before), setting the state's
+`human_turn` and resuming: see nodes/human.py.
 """
 
 from __future__ import annotations
 
-from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.episode import build_graph
+import argparse
+from dataclasses import Field, field, fields, make_dataclass
+from typing import Any, get_type_hints
 
-tictactoe = build_graph(TicTacToe())
+from langgraph.graph.state import CompiledStateGraph
+
+from sparring.envs.registry import ENVIRONMENTS, get_environment
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.episode import build_graph
+from sparring.options import UsageError, add_episode_options, default_config, episode_config
+
+
+def graph_variable(env_name: str) -> str:
+    """The module attribute (and langgraph.json graph id) of an environment's Studio graph."""
+    return env_name.replace("-", "_")
+
+
+def studio_settings(env_name: str) -> EpisodeConfig:
+    """The settings `sparring run --env NAME` would use with no flags; 127.0.0.1:8000 when no server is known."""
+    parser = argparse.ArgumentParser()
+    add_episode_options(parser)
+    try:
+        return episode_config(parser.parse_args([]), env_name)
+    except UsageError:
+        return default_config(env_name)
+
+
+def settings_schema(env_name: str) -> type[EpisodeConfig]:
+    """EpisodeConfig with `studio_settings` as its defaults, so Studio's form opens on them."""
+    defaults = studio_settings(env_name)
+    hints = get_type_hints(EpisodeConfig)
+    specs: list[tuple[str, Any, Field[Any]]] = []
+    for setting in fields(EpisodeConfig):
+        value = getattr(defaults, setting.name)
+        # Lists become tuples: a plain default (unlike a default_factory) shows in the JSON schema Studio reads.
+        default = tuple(value) if isinstance(value, list) else value
+        specs.append((setting.name, hints[setting.name], field(default=default, metadata=setting.metadata)))
+    schema = make_dataclass(
+        f"{graph_variable(env_name).title().replace('_', '')}Settings", specs, bases=(EpisodeConfig,), kw_only=True
+    )
+    schema.__doc__ = (
+        f"How {env_name} episodes run: model endpoints, limits and the user's rules "
+        f"(defaults: what `sparring run --env {env_name}` would use when `langgraph dev` started)."
+    )
+    schema.__module__ = __name__
+    return schema
+
+
+def studio_graph(env_name: str) -> CompiledStateGraph:
+    """The episode graph for one environment, with its settings form."""
+    return build_graph(get_environment(env_name), context_schema=settings_schema(env_name))
+
+
+globals().update({graph_variable(name): studio_graph(name) for name in ENVIRONMENTS})

@@ -49,6 +49,7 @@ class EndpointConfig:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_retries: int = 3
     retry_backoff_s: float = 0.25
@@ -108,6 +109,8 @@ class ModelClient:
             )
             if value is not None
         }
+        if config.stop:
+            self._sampling["stop"] = list(config.stop)
         if config.capture_tokens:
             self._sampling.update(return_token_ids=True, logprobs=True, top_logprobs=0)
 
@@ -158,10 +161,13 @@ class ModelClient:
             self._capture(completion, data, choice)
         return completion
 
-    async def complete_tokens(self, prompt_ids: list[int], *, episode_id: str) -> Completion:
+    async def complete_tokens(
+        self, prompt_ids: list[int], *, episode_id: str, structured_outputs: dict[str, Any] | None = None
+    ) -> Completion:
         """Token in, token out: the prompt is exact ids (vLLM's /completions), the reply is raw text plus ids.
 
         Tool calls are not parsed here: in this mode sparring reads them from the text itself.
+        `structured_outputs` is vLLM's constraint on the generated text (e.g. a tool call's arguments).
         """
         body: dict[str, Any] = {
             "model": self.config.model,
@@ -171,6 +177,8 @@ class ModelClient:
             "logprobs": 0,
         }
         body.pop("top_logprobs", None)
+        if structured_outputs is not None:
+            body["structured_outputs"] = structured_outputs
         data, latency = await self._post("/completions", body, episode_id)
         choice = data["choices"][0]
         usage = data.get("usage") or {}

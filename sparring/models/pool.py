@@ -21,6 +21,7 @@ def endpoint_config(config: EpisodeConfig, role: Role) -> EndpointConfig:
         temperature=getattr(config, prefix + "temperature"),
         top_p=getattr(config, prefix + "top_p"),
         max_tokens=getattr(config, prefix + "max_tokens"),
+        stop=tuple(config.user_stop_strings) if role == "user" else (),
         timeout_s=config.request_timeout_s,
         max_retries=config.max_retries,
         capture_tokens=role == "policy",

@@ -15,6 +15,7 @@ from sparring.models.wire import assistant_message, to_wire, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended, length_stop_reason
 from sparring.rollouts.ledger import call_span, ledger_entry, segment_ids
+from sparring.tools.constraints import cached_tool_call_constraint
 from sparring.tools.parsing import adopt_text_calls, parse_reply
 
 
@@ -35,7 +36,9 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
         if token_mode == "tito" or (token_mode == "auto" and tokenizer):
             if not tokenizer:
                 raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
-            completion = await call_tokens_in_tokens_out(state, client, deps.renderer(tokenizer, tools), tools.names)
+            constraint = cached_tool_call_constraint(tools.key, tools.wire, state["limits"]["policy_tool_choice"])
+            renderer = deps.renderer(tokenizer, tools)
+            completion = await call_tokens_in_tokens_out(state, client, renderer, tools.names, constraint)
         else:
             completion = await client.chat(
                 to_wire_list(state["messages"]),
@@ -54,9 +57,16 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
 
 
 async def call_tokens_in_tokens_out(
-    state: EpisodeState, client: ModelClient, renderer: TailRenderer, tool_names: frozenset[str]
+    state: EpisodeState,
+    client: ModelClient,
+    renderer: TailRenderer,
+    tool_names: frozenset[str],
+    constraint: dict[str, Any] | None = None,
 ) -> Completion:
-    """Send the ledger's ids plus the new tail; read the tool calls out of the generated text."""
+    """Send the ledger's ids plus the new tail; read the tool calls out of the generated text.
+
+    `constraint` (tools/constraints.py) makes vLLM keep tool calls to the tools' schemas.
+    """
     messages = state["messages"]
     if not state["ledger"]:
         prompt = renderer.first_prompt(to_wire_list(messages))
@@ -64,7 +74,7 @@ async def call_tokens_in_tokens_out(
         last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
         tail = renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
         prompt = segment_ids(state["ledger"]) + tail
-    completion = await client.complete_tokens(prompt, episode_id=state["episode_id"])
+    completion = await client.complete_tokens(prompt, episode_id=state["episode_id"], structured_outputs=constraint)
     parsed = parse_reply(completion.text, tool_names, call_id_prefix(state, "policy"))
     completion.text, completion.tool_calls = parsed.text, parsed.tool_calls
     return completion

@@ -13,6 +13,7 @@ from sparring.graphs.state import EpisodeState, Limits
 from sparring.models.wire import from_wire
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
+from sparring.rollouts.runner import new_episode_id
 
 
 async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
@@ -21,6 +22,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     if runtime.context.env_url and not task.get("env_url"):
         task = {**task, "env_url": runtime.context.env_url}
     base: dict[str, Any] = {
+        "episode_id": state.get("episode_id") or new_episode_id(),  # runs from Studio bring only a task
         "limits": resolve_limits(runtime.context, task),
         "turn": 0,
         "policy_steps": 0,

@@ -67,6 +67,9 @@ async def run_tools(
         update.update(ended("completed", "env_done"))
         return update
     update["turn_over"] = deps.env.turn_over(env_state, actor)
-    if actor == "user" and state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]:
+    if actor == "user" and (
+        state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]
+        or (update["turn_over"] and not runtime.context.user_words_after_move)
+    ):
         update.update(close_user_turn(state, [], deps, env_state))
     return update

@@ -7,11 +7,13 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
+from sparring.envs.base import settle_user_turn_hook
 from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.state import EpisodeState
 from sparring.models.client import ContextLengthExceeded, ModelCallError
-from sparring.models.wire import assistant_message, to_wire_list
+from sparring.models.wire import assistant_message, raw_tool_calls, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.human import human_reply
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended
 from sparring.tools.parsing import adopt_text_calls
 
@@ -24,6 +26,10 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     limits = state["limits"]
     step = state["user_steps"] + 1
     shown = [] if state["user_steps"] else [HumanMessage(content=policy_turn_for_user(state, deps))]
+    if state.get("human_turn") is not None:  # a person plays this step (Studio, nodes/human.py)
+        reply = human_reply(state["human_turn"], f"human_{len(state['user_messages'])}")
+        update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply]}
+        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content, deps)}
     if step >= limits["max_user_steps_per_turn"] or (step > 1 and state["turn_over"]):
         tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:
@@ -41,6 +47,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         return {**update, "user_messages": shown, **ended("truncated", "context_length", exc)}
     except ModelCallError as exc:
         return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
+    completion.text = cut_at_first(completion.text, runtime.context.user_stop_strings)
     if tool_choice != "none":
         completion.text, completion.tool_calls = adopt_text_calls(
             completion.text, completion.tool_calls, tools.names, call_id_prefix(state, "user")
@@ -52,6 +59,12 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     if completion.tool_calls:
         return update
     return {**update, **deliver_text(state, completion.text, deps)}
+
+
+def cut_at_first(text: str, markers: list[str]) -> str:
+    """The text before the first marker (template tokens a server that ignores `stop` let through)."""
+    cut = min((i for marker in markers if marker and (i := text.find(marker)) >= 0), default=len(text))
+    return text[:cut]
 
 
 def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
@@ -88,15 +101,30 @@ def close_user_turn(
 ) -> dict[str, Any]:
     """Hand the turn back to the policy with what the user said, then the environment's observation for it.
 
-    At max_turns the episode ends instead. The observation is its own message (actor env), so the
-    record keeps who said what.
+    At max_turns the episode ends instead. The environment first settles what the user left undone
+    (`settle_user_turn`), so the policy never gets a position where it cannot act. Its note and the
+    observation are their own message (actor env), so the record keeps who said what.
     """
     if state["turn"] >= state["limits"]["max_turns"]:
         return {"messages": delivered, **ended("truncated", "max_turns")}
+    update: dict[str, Any] = {}
+    settle = settle_user_turn_hook(deps.env)
+    settled = settle(env_state) if settle else None
+    notes = []
+    if settled is not None:  # e.g. a move played for a user that could not make one
+        env_state = update["env_state"] = settled.state
+        if settled.content:  # a settlement may have nothing to tell the policy (calendar: a request counted)
+            notes.append(settled.content)
+        if deps.env.is_done(env_state):
+            note = HumanMessage(content=settled.content, additional_kwargs={"actor": "env"})
+            return {**update, "messages": [*delivered, note], **ended("completed", "env_done")}
     observation = deps.env.observe(env_state, "policy")
     if observation:
-        delivered = [*delivered, HumanMessage(content=observation, additional_kwargs={"actor": "env"})]
+        notes.append(observation)
+    if notes:
+        delivered = [*delivered, HumanMessage(content="\n\n".join(notes), additional_kwargs={"actor": "env"})]
     return {
+        **update,
         "messages": delivered,
         "turn_start": len(state["messages"]) + len(delivered),
         "policy_steps": 0,

@@ -36,7 +36,7 @@ from rich.text import Text
 
 from sparring.envs.registry import ENVIRONMENTS
 from sparring.options import UsageError, add_episode_options, episode_config
-from sparring.rollouts.batch import BatchItem, BatchRunner
+from sparring.rollouts.batch import BatchItem
 from sparring.rollouts.metrics import MetricsAccumulator
 from sparring.rollouts.output import (
     PreparedOutput,
@@ -47,6 +47,7 @@ from sparring.rollouts.output import (
     prepare_output,
     write_json_atomically,
 )
+from sparring.rollouts.ray_runner import add_ray_options, make_runner
 from sparring.rollouts.tasks import TaskError, scan_tasks
 
 METRICS_EVERY_S = 2.0
@@ -80,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         "--pass-threshold", type=float, default=1.0, metavar="R", help="reward that counts as a pass in pass@k"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar; errors still go to stderr")
+    add_ray_options(parser)
     add_episode_options(parser)
     parser.set_defaults(func=cmd_collect)
     return parser
@@ -132,9 +134,7 @@ async def collect(args: argparse.Namespace) -> int:
     prepared = prepare_output(args.output, retry_failed=args.retry_failed, on_kept=metrics.add)
     _say_prepared(args, prepared, report)
     plan = plan_items(args, prepared, report)
-    runner = BatchRunner(
-        lambda name: config if name == args.env else episode_config(args, name), concurrency=args.concurrency
-    )
+    runner = make_runner(args, lambda name: config if name == args.env else episode_config(args, name))
     writer = RecordWriter(args.output, args.failures)
     started = time.perf_counter()
     ran = failed = 0

@@ -14,7 +14,8 @@ nothing is re-rendered or re-tokenised, and nothing is spliced.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+
+from typing_extensions import TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
 
 
 class Segment(TypedDict):

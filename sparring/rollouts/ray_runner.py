@@ -26,7 +26,9 @@ existing cluster, whose workers need sparring installed and must reach the model
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import importlib.util
 import os
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -36,6 +38,7 @@ from typing import Any
 from sparring.graphs.context import EpisodeConfig
 from sparring.models.latency import LatencyHistogram
 from sparring.models.pool import add_replica_stats
+from sparring.options import UsageError
 from sparring.rollouts.batch import BatchItem, BatchRunner
 from sparring.rollouts.record import build_record
 from sparring.rollouts.runner import new_episode_id
@@ -46,6 +49,40 @@ WORKER_DIED = "WorkerDied"
 
 ReplicaStats = dict[str, dict[str, dict[str, int | bool]]]
 Key = tuple[int, int]
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """`collect`'s Ray flags."""
+    group = parser.add_argument_group("more than one process (needs sparring[ray])")
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help="shard the episodes over Ray actors, each running the batch runner at --concurrency; "
+        "this process alone writes the output",
+    )
+    group.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="join this Ray cluster (e.g. auto); default: start a local Ray instance bound to 127.0.0.1",
+    )
+    group.add_argument("--workers", type=int, metavar="N", help="Ray actors, one process each (default 2)")
+
+
+def make_runner(args: argparse.Namespace, config: Callable[[str], EpisodeConfig]) -> BatchRunner | RayRunner:
+    """`collect`'s runner: the batch runner in this process, or with `--ray` the same runner on Ray actors.
+
+    Ray itself is imported only once a `RayRunner` runs, so a plain `collect` never loads it.
+    """
+    if not args.ray:
+        if args.address is not None or args.workers is not None:
+            raise UsageError("--address and --workers go with --ray")
+        return BatchRunner(config, concurrency=args.concurrency)
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray: pip install 'sparring[ray]'")
+    workers = 2 if args.workers is None else args.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    return RayRunner(config, workers=workers, concurrency=args.concurrency, address=args.address)
 
 
 def connect(address: str | None = None, workers: int = 1) -> bool:

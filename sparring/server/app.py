@@ -13,12 +13,13 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from sparring import __version__
@@ -96,17 +97,19 @@ def create_app(
     auth = [Depends(BearerAuth(settings.api_key))]
     router = APIRouter()
 
-    def resolve(env: str | None, task_row: dict[str, Any], where: list[str | int]) -> tuple[str, dict[str, Any]]:
-        """The environment and the validated task, or a 422 naming the field."""
+    def resolve(
+        env: str | None, task: BaseModel | dict[str, Any], where: list[str | int]
+    ) -> tuple[str, dict[str, Any]]:
+        """The environment and the task (sparring's, or converted from a NeMo Gym row), or a 422 naming the field."""
+        row = task.model_dump(exclude_none=True) if isinstance(task, BaseModel) else task
         try:
-            task = parse_task(task_row, ".".join(map(str, where)))
+            if "responses_create_params" in row:
+                parsed = nemo_gym.row_to_task(row, ".".join(map(str, where)))
+            else:
+                parsed = parse_task(row, ".".join(map(str, where)))
         except TaskError as exc:
             raise _unprocessable(["body", *where], str(exc)) from None
-        name = env or task.get("env") or settings.default_env
-        if name not in ENVIRONMENTS:
-            raise _unknown_env(["body", *where, "env"], name)
-        _check_task_limits(task, settings, ["body", *where, "limits"])
-        return name, task
+        return env or row.get("env") or settings.default_env, parsed
 
     @router.post(
         "/v1/rollouts",
@@ -115,9 +118,9 @@ def create_app(
         responses={200: {"model": RolloutsResponse}, **ERROR_RESPONSES},
     )
     async def rollouts(body: models.rollout, request: Request) -> Response:  # type: ignore[valid-type]
-        env, task = resolve(body.env, body.task, ["task"])
-        config = service.config(env, _overrides(body.settings))
-        play = service.admit(env, [task], body.repeats, config, body.repeats)
+        play = service.admit(
+            [resolve(body.env, body.task, ["task"])], body.repeats, _overrides(body.settings), body.repeats
+        )
         records = await _collect(play, request)
         for record in records:
             record["task_index"] = None  # one task, as `sparring run --task`
@@ -137,14 +140,9 @@ def create_app(
         },
     )
     async def batch(body: models.batch) -> Response:  # type: ignore[valid-type]
-        resolved = [resolve(body.env, row, ["tasks", i]) for i, row in enumerate(body.tasks)]
-        envs = {env for env, _ in resolved}
-        if len(envs) > 1:
-            raise _unprocessable(["body", "tasks"], f"one environment per batch; these tasks name {sorted(envs)}")
-        env = envs.pop()
-        config = service.config(env, _overrides(body.settings))
+        tasks = [resolve(body.env, row, ["tasks", i]) for i, row in enumerate(body.tasks)]
         concurrency = body.concurrency or settings.batch_concurrency
-        play = service.admit(env, [task for _, task in resolved], body.repeats, config, concurrency)
+        play = service.admit(tasks, body.repeats, _overrides(body.settings), concurrency)
         return RecordStream(play)
 
     @router.post(
@@ -154,6 +152,7 @@ def create_app(
         responses={
             200: {"description": "The row, `response` (Responses API object, token ids on policy items), `reward`."},
             502: {"description": "The episode aborted (model or environment failure); the record is in the body."},
+            422: {"description": "Invalid row, or one the environment cannot seed (then with the record)."},
             **ERROR_RESPONSES,
         },
     )
@@ -161,19 +160,19 @@ def create_app(
         row = body.model_dump()
         params = row["responses_create_params"]
         env = row.get("env") or settings.default_env
-        if env not in ENVIRONMENTS:
-            raise _unknown_env(["body", "env"], env)
         try:
             task = nemo_gym.row_to_task(row, "row")
         except TaskError as exc:
-            raise _unprocessable(["body", "responses_create_params"], str(exc)) from None
-        config = service.config(env, nemo_gym.sampling_overrides(params))
-        play = service.admit(env, [task], 1, config, 1)
+            raise _unprocessable(["body"], str(exc)) from None
+        play = service.admit([(env, task)], 1, nemo_gym.sampling_overrides(params), 1)
         record = (await _collect(play, request))[0]
         if record["status"] == "aborted":
             error = record["error"] or {}
             detail = f"episode aborted ({record['stop_reason']}): {error.get('type')}: {error.get('message')}"
-            return _json({"detail": detail, "record": record}, status_code=502)
+            # A row the environment cannot seed is the caller's to fix; a model or env failure is ours (upstream).
+            status = 422 if record["stop_reason"] == "invalid_task" else 502
+            return _json({"detail": detail, "record": record}, status_code=status)
+        config = service.config(env, nemo_gym.sampling_overrides(params))
         tools = params["tools"] or [nemo_gym.responses_tool(spec) for spec in get_environment(env).tools("policy")]
         answer = nemo_gym.verify_response(
             row, params, record, model=config.policy_model, tools=tools, num_input_messages=len(task["messages"])
@@ -198,10 +197,8 @@ def create_app(
 
     @router.get("/v1/graph", summary="The episode graph: Mermaid text, nodes and edges")
     async def graph(
-        env: str = Query(settings.default_env, description="Environment whose graph to draw."),
+        env: Annotated[models.env, Query(description="Environment whose graph to draw.")] = settings.default_env,  # type: ignore[valid-type]
     ) -> GraphResponse:
-        if env not in ENVIRONMENTS:
-            raise _unknown_env(["query", "env"], env)
         if env not in graph_cache:
             drawable = build_graph(get_environment(env)).get_graph()
             graph_cache[env] = {
@@ -299,23 +296,6 @@ async def _disconnected(receive: Receive) -> None:
 
 def _overrides(settings_model: Any) -> dict[str, Any]:
     return settings_model.model_dump(exclude_none=True) if settings_model is not None else {}
-
-
-def _check_task_limits(task: dict[str, Any], settings: ServerSettings, where: list[str | int]) -> None:
-    """A task's own limits must stay within the server's bounds too."""
-    bounds = {
-        "max_turns": settings.max_turns,
-        "max_steps_per_turn": settings.max_steps_per_turn,
-        "max_user_steps_per_turn": settings.max_steps_per_turn,
-    }
-    for name, bound in bounds.items():
-        value = (task.get("limits") or {}).get(name)
-        if value is not None and value > bound:
-            raise _unprocessable([*where, name], f"{value} is over this server's limit of {bound}")
-
-
-def _unknown_env(loc: list[str | int], name: str) -> HTTPException:
-    return _unprocessable(loc, f"unknown environment {name!r}; known: {', '.join(sorted(ENVIRONMENTS))}")
 
 
 def _unprocessable(loc: list[str | int], message: str) -> HTTPException:

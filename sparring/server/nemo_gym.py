@@ -31,12 +31,8 @@ _RESERVED = frozenset({"responses_create_params", "response", "reward", "sparrin
 
 
 def row_to_task(row: dict[str, Any], where: str = "row") -> dict[str, Any]:
-    """sparring's task from a NeMo Gym row (string input becomes one user message); TaskError names the field."""
-    params = dict(row["responses_create_params"])
-    if isinstance(params.get("input"), str):
-        params["input"] = [{"role": "user", "content": params["input"]}]
-    gym_row = {k: v for k, v in row.items() if k not in SPARRING_ROW_FIELDS} | {"responses_create_params": params}
-    task = parse_task(gym_row, where)
+    """sparring's task from a NeMo Gym row; TaskError names the field."""
+    task = parse_task({k: v for k, v in row.items() if k not in SPARRING_ROW_FIELDS}, where)
     if row.get("user_model_system_prompt"):
         task["user_persona"] = row["user_model_system_prompt"]
     return task

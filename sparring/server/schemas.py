@@ -9,10 +9,11 @@ Records travel as plain JSON (orjson) and are described, not re-validated, on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
+from sparring.rollouts.tasks import Task, TaskLimits
 from sparring.server.settings import ServerSettings
 
 TASK_EXAMPLE: dict[str, Any] = {
@@ -129,6 +130,8 @@ class AggregateMetricsResponse(BaseModel):
 class RequestModels:
     """The request models of one server (its bounds and environments baked in)."""
 
+    env: Any
+    """The environment names as a Literal type (an enum in the schema)."""
     overrides: type[BaseModel]
     rollout: type[BaseModel]
     batch: type[BaseModel]
@@ -136,16 +139,17 @@ class RequestModels:
 
 
 def build_request_models(settings: ServerSettings, env_names: list[str]) -> RequestModels:
-    """Models whose field constraints are this server's limits."""
+    """Models whose field constraints are this server's limits, so the schema states all a request must meet."""
     env_type: Any = Literal[tuple(sorted(env_names))]  # type: ignore[valid-type]
     tool_choice = Literal["auto", "required", "none"]
+    steps = Field(None, ge=1, le=settings.max_steps_per_turn)
     overrides = create_model(
         "Settings",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Per-request settings within this server's bounds; unset ones keep the server's defaults.",
         max_turns=(int | None, Field(None, ge=1, le=settings.max_turns)),
-        max_steps_per_turn=(int | None, Field(None, ge=1, le=settings.max_steps_per_turn)),
-        max_user_steps_per_turn=(int | None, Field(None, ge=1, le=settings.max_steps_per_turn)),
+        max_steps_per_turn=(int | None, steps),
+        max_user_steps_per_turn=(int | None, steps),
         user_stop_tokens=(list[str] | None, Field(None, max_length=8)),
         policy_tool_choice=(tool_choice | None, None),
         user_tool_choice=(tool_choice | None, None),
@@ -156,21 +160,46 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         user_top_p=(float | None, Field(None, gt=0.0, le=1.0)),
         user_max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
     )
+    limits = create_model(
+        "TaskLimits",
+        __base__=TaskLimits,
+        max_turns=(int | None, Field(None, ge=1, le=settings.max_turns)),
+        max_steps_per_turn=(int | None, steps),
+        max_user_steps_per_turn=(int | None, steps),
+    )
+    task = create_model(
+        "Task",
+        __base__=Task,
+        __doc__="sparring's task row; every field optional (a task without messages gets the env's opening).",
+        env=(env_type | None, None),
+        limits=(limits | None, None),
+    )
+    create_params = create_model(
+        "ResponsesCreateParams",
+        __base__=NemoGymCreateParams,
+        max_output_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
+    )
+    row = create_model(
+        "NeMoGymRow",
+        __base__=NemoGymRow,
+        env=(env_type | None, Field(None, description=f"sparring's environment (default {settings.default_env!r}).")),
+        responses_create_params=(create_params, ...),
+    )
+    any_task = Annotated[
+        Annotated[task, Tag("sparring")] | Annotated[row, Tag("nemo_gym")],
+        Discriminator(_task_shape),
+    ]
     env_field = (
         env_type | None,
         Field(None, description=f"Environment name; default {settings.default_env!r} (or the task's own `env`)."),
     )
     settings_field = (overrides | None, Field(None, description="Overrides of limits and sampling."))
-    task_description = (
-        "sparring's task row ({id, env, messages, env_seed, user_persona, limits, metadata}, all optional) "
-        "or a NeMo Gym row (responses_create_params.input, verifier_metadata, ...)."
-    )
     rollout = create_model(
         "RolloutRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"task": TASK_EXAMPLE, "repeats": 2}]}),
         __doc__="One task, played `repeats` times.",
         env=env_field,
-        task=(dict[str, Any], Field(default_factory=dict, description=task_description)),
+        task=(any_task, Field(default_factory=dict, description="sparring's task row, or a NeMo Gym row.")),
         repeats=(int, Field(1, ge=1, le=settings.max_repeats)),
         settings=settings_field,
     )
@@ -182,7 +211,7 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         ),
         __doc__="Many tasks, each played `repeats` times; records stream back as NDJSON as episodes finish.",
         env=env_field,
-        tasks=(list[dict[str, Any]], Field(min_length=1, max_length=settings.max_batch_size)),
+        tasks=(list[any_task], Field(min_length=1, max_length=settings.max_batch_size)),
         repeats=(int, Field(1, ge=1, le=settings.max_repeats)),
         concurrency=(
             int | None,
@@ -190,28 +219,42 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         ),
         settings=settings_field,
     )
-    create_params = create_model(
-        "ResponsesCreateParams",
-        __base__=NemoGymCreateParams,
-        max_output_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
-    )
-    run = create_model(
-        "NeMoGymRunRequest",
-        __config__=ConfigDict(extra="allow", json_schema_extra={"examples": [NEMO_GYM_ROW_EXAMPLE]}),
-        __doc__="A NeMo Gym row; extra fields (verifier_metadata, agent_ref, _ng_*) go to the environment and back.",
-        responses_create_params=(create_params, ...),
-    )
-    return RequestModels(overrides=overrides, rollout=rollout, batch=batch, run=run)
+    return RequestModels(env=env_type, overrides=overrides, rollout=rollout, batch=batch, run=row)
+
+
+def _task_shape(value: Any) -> str:
+    """NeMo Gym rows are the ones with `responses_create_params`."""
+    if isinstance(value, BaseModel):
+        value = value.__dict__
+    return "nemo_gym" if isinstance(value, dict) and "responses_create_params" in value else "sparring"
+
+
+class NemoGymInputMessage(BaseModel):
+    """One message of a NeMo Gym row's `input` (Responses API `EasyInputMessage`)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    type: Literal["message"] = "message"
 
 
 class NemoGymCreateParams(BaseModel):
     """The fields of NeMo Gym's `responses_create_params` sparring reads; others are accepted and echoed back."""
 
     model_config = ConfigDict(extra="allow")
-    input: str | list[dict[str, Any]]
+    input: str | list[NemoGymInputMessage]
     tools: list[dict[str, Any]] = Field(default_factory=list)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_output_tokens: int | None = Field(None, ge=1)
     parallel_tool_calls: bool = True
     tool_choice: Any = "auto"
+
+
+class NemoGymRow(BaseModel):
+    """A NeMo Gym row; its other fields (agent_ref, _ng_task_index, ...) reach the environment and come back."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [NEMO_GYM_ROW_EXAMPLE]})
+    responses_create_params: NemoGymCreateParams
+    verifier_metadata: dict[str, Any] | None = Field(None, description="The environment's seed data.")
+    user_model_system_prompt: str | None = Field(None, description="This row's persona for the simulated user.")

@@ -47,27 +47,27 @@ class _Graph:
 
 
 class _ServiceRunner(BatchRunner):
-    """The batch runner on the service's shared graph (instead of one built per request)."""
+    """The batch runner on the service's shared graphs (instead of graphs built per request)."""
 
-    def __init__(self, graph: _Graph, config: EpisodeConfig, concurrency: int) -> None:
-        super().__init__(config, concurrency=concurrency)
-        self._shared = graph
+    def __init__(self, play: Play, concurrency: int) -> None:
+        super().__init__(play.config_for, concurrency=concurrency)
+        self._request = play
 
     def graph_for(self, env_name: str) -> tuple[CompiledStateGraph, EpisodeDeps]:
-        return self._shared.graph, self._shared.deps
+        graph = self._request.graph_for(env_name)
+        return graph.graph, graph.deps
 
 
 @dataclass
 class Play:
-    """One admitted request: its episodes, the room it claimed, and (after `records`) its summary."""
+    """One admitted request: its episodes, the room it claimed, its graphs, and (after `records`) its summary."""
 
     service: RolloutService
-    env: str
     items: list[BatchItem]
-    config: EpisodeConfig
-    graph: _Graph
+    overrides: dict[str, Any]
     concurrency: int
     claimed: int
+    graphs: dict[str, _Graph] = field(default_factory=dict)
     released: bool = False
     playing: set[tuple[int, int]] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class Play:
                 playing.add((item.task_index, item.repeat_index))
                 yield item
 
-        runner = _ServiceRunner(self.graph, self.config, self.concurrency)
+        runner = _ServiceRunner(self, self.concurrency)
         self.service.runners.add(runner)
         try:
             if self.service.draining:
@@ -112,13 +112,25 @@ class Play:
         if self.released:
             return
         self.released = True
-        self.graph.users -= 1
+        for graph in self.graphs.values():
+            graph.users -= 1
         for _ in self.playing:
             self.service.gate.release()
         self.playing.clear()
         self.service.gate.unclaim(self.claimed)
         self.claimed = 0
         self.service.evict_idle()
+
+    def config_for(self, env: str) -> EpisodeConfig:
+        """The settings this request's episodes of `env` run with."""
+        return self.service.config(env, self.overrides)
+
+    def graph_for(self, env: str) -> _Graph:
+        """The shared graph for `env` at this request's settings, leased on first use."""
+        graph = self.graphs.get(env)
+        if graph is None:
+            graph = self.graphs[env] = self.service.lease(env, self.config_for(env))
+        return graph
 
     def summary(self) -> dict[str, Any]:
         """Counts by status and stop_reason, mean reward, wall time: the batch stream's last line."""
@@ -179,15 +191,15 @@ class RolloutService:
         return replace(self.base_config(env), **overrides) if overrides else self.base_config(env)
 
     def admit(
-        self, env: str, tasks: list[dict[str, Any]], repeats: int, config: EpisodeConfig, concurrency: int
+        self, tasks: list[tuple[str, dict[str, Any]]], repeats: int, overrides: dict[str, Any], concurrency: int
     ) -> Play:
-        """Claim room for the request (Overloaded: 429) and return it ready to play."""
+        """Claim room for a request's (env, task) pairs times `repeats` (Overloaded: 429), ready to play."""
         if self.draining:
             raise ShuttingDown("the server is shutting down; send the request to another replica or retry later")
-        items = [BatchItem(t, r, task, env) for t, task in enumerate(tasks) for r in range(repeats)]
+        items = [BatchItem(t, r, task, env) for t, (env, task) in enumerate(tasks) for r in range(repeats)]
         claimed = min(len(items), concurrency)
         self.gate.claim(claimed)
-        return Play(self, env, items, config, self.lease(env, config), claimed, claimed)
+        return Play(self, items, overrides, claimed, claimed)
 
     def lease(self, env: str, config: EpisodeConfig) -> _Graph:
         """The shared graph for this environment and endpoint/sampling settings (`Play.release` gives it back)."""

@@ -351,19 +351,15 @@ class CalendarPlanner:
 
 
 class CalendarRequester:
-    """The calendar user: asks next_request for its next request, says it, and stops when told all are made
-    (at once when it has no requests to make: a NeMo Gym row, already asked)."""
+    """The calendar user: says the request the environment shows it, and stops when told all are made
+    (or when it is shown none: a NeMo Gym row, already asked)."""
 
     def __call__(self, request: ModelRequest) -> Step:
-        if not request.tools:
+        shown = content_text(request.messages[-1].get("content"))
+        _, found, rest = shown.partition("(Your next request: ")
+        if not found:
             return Say("###STOP###")
-        last = request.messages[-1]
-        if last.get("role") != "tool":
-            return Call("next_request", {"count": 1}) if request.tool_choice != "none" else Say("Go on.")
-        text = content_text(last.get("content"))
-        if "All your requests are made" in text:
-            return Say("###STOP###")
-        return Say(text.partition(":")[2].strip() or text)
+        return Say(rest.partition(" Write it to the assistant")[0])
 
 
 def _calendar_requests(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, int, str]]:
@@ -403,7 +399,7 @@ def _plan(requests: Sequence[tuple[int, str, int, str]], shift: int) -> list[dic
 
 def calendar_players(shift: int = 0) -> dict[str, Responder]:
     """The `calendar` preset: a planner that schedules every request correctly (reward 1 on the default task
-    and on generated ones it can place), and a user that makes the requests one per turn, then stops.
+    and on generated ones it can place), and a user that makes the requests as shown, then stops.
     With `shift` the planner moves every event by that many minutes (e.g. 360: out of the day, reward 0).
     """
     return {"policy": CalendarPlanner(shift), "user": CalendarRequester()}

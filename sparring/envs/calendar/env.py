@@ -6,9 +6,10 @@ Two forms, one verifier (scoring.py, NeMo Gym's semantics):
   `responses_create_params.input` plus `exp_cal_state`);
 - tools (`env_seed.tools: true`): the policy edits the calendar with add_event / move_event /
   delete_event / list_events, and the calendar in the environment's state is graded.
-With `env_seed.requests`, the simulated user makes the requests one or two per turn and ends with
-the stop token once all are made. The user learns its next request(s) from its own tool,
-`next_request`, so the environment (not a small model's memory) keeps track of what was asked.
+With `env_seed.requests`, the simulated user makes the requests `env_seed.per_turn` (1 or 2) at a
+time and ends with the stop token once all are made. The environment, not a small model's memory,
+keeps track of what was asked: each user turn is shown its next request(s), and the pointer moves
+on when the user's turn closes (`settle_user_turn`).
 """
 
 from __future__ import annotations
@@ -52,11 +53,6 @@ MOVE_EVENT = ToolSpec(
 DELETE_EVENT = ToolSpec("delete_event", "Remove an event from the calendar.", _object({"event_id": EVENT_ID}))
 LIST_EVENTS = ToolSpec("list_events", "Show today's calendar.", NO_ARGUMENTS)
 TOOLS = (ADD_EVENT, MOVE_EVENT, DELETE_EVENT, LIST_EVENTS)
-NEXT_REQUEST = ToolSpec(
-    "next_request",
-    "Learn the next of your requests to make (count: how many, 1 or 2).",
-    _object({"count": {"type": "integer", "enum": [1, 2], "description": "How many requests to make now."}}),
-)
 
 PRINTED_PROMPT = (
     "You are a scheduling assistant keeping the user's calendar for today. Schedule every event the user "
@@ -76,11 +72,11 @@ TOOLS_PROMPT = (
     "2:30pm. After the tool calls, tell the user in one short sentence what you scheduled."
 )
 REQUESTS_PERSONA = (
-    "You are planning your day with a scheduling assistant. At the start of each of your turns, call "
-    "next_request to learn what to ask for next. Then write that request to the assistant in plain words, "
-    "with the event number, duration and time; never write JSON. When next_request says that all "
-    f"your requests are made, reply with only {STOP_TOKEN}."
-)
+    "You are planning your day with a scheduling assistant. Each time, you are shown your next request: "
+    "write it to the assistant in plain words, keeping the event number, duration and time. Never write JSON "
+    "or code, and follow what you are told to do when your requests are all made."
+)  # the stop token is only named once it is time to use it: a small model says it at once otherwise
+ALL_MADE = f"All your requests are made. Reply with only {STOP_TOKEN}"
 DONE_PERSONA = f"The assistant has answered your scheduling request. Reply with only {STOP_TOKEN}."
 
 
@@ -120,20 +116,18 @@ class Calendar:
     """The calendar environment; the episode state is a JSON-able dict."""
 
     name = "calendar"
-    # A policy turn may take several tool calls (tools form); a user turn is next_request, then words.
+    # A policy turn may take several tool calls (tools form); the user only talks.
     settings: Mapping[str, Any] = MappingProxyType(
-        {"max_turns": 8, "max_steps_per_turn": 6, "max_user_steps_per_turn": 2, "user_tool_choice": "required"}
+        {"max_turns": 8, "max_steps_per_turn": 6, "max_user_steps_per_turn": 1, "user_tool_choice": "none"}
     )
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
-        """The tools each actor may get (a task switches the policy's on, and gives the user requests)."""
-        return TOOLS if actor == "policy" else (NEXT_REQUEST,) if actor == "user" else ()
+        """The tools the policy may get (a task switches them on); the user only talks."""
+        return TOOLS if actor == "policy" else ()
 
     def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
-        """The policy's calendar tools in the tools form; the user's next_request when it has requests."""
-        if actor == "policy":
-            return TOOLS if state.get("use_tools") else ()
-        return (NEXT_REQUEST,) if actor == "user" and state.get("requests") else ()
+        """The policy's calendar tools in the tools form; nobody else has tools."""
+        return TOOLS if actor == "policy" and state.get("use_tools") else ()
 
     def default_messages(self) -> list[dict[str, str]]:
         """The assistant's instructions; the user speaks first with its first request."""
@@ -158,10 +152,13 @@ class Calendar:
             raise SeedError("env_seed.requests: must be a list of strings (the user's requests, in order)")
         if not isinstance(seed.get("tools", False), bool):
             raise SeedError("env_seed.tools: must be true or false")
+        if seed.get("per_turn", 1) not in (1, 2):
+            raise SeedError(f"env_seed.per_turn: requests the user makes per turn, 1 or 2, got {seed['per_turn']!r}")
         return {
             "exp_cal_state": _checked_expectation(expected, where),
             "requests": list(requests),
             "use_tools": seed.get("tools", False),
+            "per_turn": seed.get("per_turn", 1),
             "revealed": 0,
             "events": [],
         }
@@ -171,13 +168,17 @@ class Calendar:
         return False
 
     def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
-        """The user's turn ends in words once it has learnt its request; the policy's when it replies in words."""
-        return actor == "user"
+        """The policy's turn ends when it replies in words, not after a tool call."""
+        return False
+
+    def settle_user_turn(self, state: dict[str, Any]) -> ToolResult | None:
+        """The user's turn is over: the requests it was shown count as made (nothing for the policy to read)."""
+        if state["revealed"] >= len(state["requests"]):
+            return None
+        return ToolResult(content="", state={**state, "revealed": state["revealed"] + state["per_turn"]})
 
     async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
         """Edit or show the calendar; a bad call comes back as an error with the calendar unchanged."""
-        if actor == "user":
-            return _next_request(state, name, arguments)
         if actor != "policy" or not state.get("use_tools"):
             return _error(state, f"{actor} has no calendar tools in this task")
         events = state["events"]
@@ -212,8 +213,14 @@ class Calendar:
         return _error(state, f"unknown tool {name!r}; the tools are {', '.join(t.name for t in TOOLS)}")
 
     def observe(self, state: dict[str, Any], actor: Actor) -> str | None:
-        """Nothing: the policy keeps (or lists) the calendar itself, and the user sees the policy's replies."""
-        return None
+        """For the user: its next request(s), or that all are made. The policy keeps (or lists) the calendar itself."""
+        if actor != "user" or not state["requests"]:
+            return None
+        revealed = state["revealed"]
+        if revealed >= len(state["requests"]):
+            return f"({ALL_MADE}.)"
+        shown = " ".join(state["requests"][revealed : revealed + state["per_turn"]])
+        return f"(Your next request: {shown} Write it to the assistant now, in plain words.)"
 
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """The calendar in state (tools form) or in the policy's last reply (printed form), graded per check."""
@@ -241,22 +248,6 @@ def _seed_of(task: dict[str, Any]) -> Mapping[str, Any]:
     if task.get("env_seed") or "exp_cal_state" in (task.get("metadata") or {}):
         return task.get("env_seed") or {}
     return DEFAULT_SEED
-
-
-def _next_request(state: dict[str, Any], name: str, arguments: dict[str, Any]) -> ToolResult:
-    """Reveal the user's next one or two requests, in order; once all are out, tell it to stop."""
-    requests, revealed = state["requests"], state["revealed"]
-    if name != NEXT_REQUEST.name or not requests:
-        return ToolResult(
-            content=f"Error: the user's only tool is next_request, for tasks with requests; got {name!r}",
-            state=state,
-            is_error=True,
-        )
-    if revealed >= len(requests):
-        return ToolResult(content=f"All your requests are made. Reply with only {STOP_TOKEN}.", state=state)
-    shown = requests[revealed : revealed + arguments.get("count", 1)]
-    text = "Now write this to the assistant, in plain words (no JSON): " + " ".join(shown)
-    return ToolResult(content=text, state={**state, "revealed": revealed + len(shown)})
 
 
 def last_reply(messages: Sequence[Any]) -> str:

@@ -19,6 +19,7 @@ NAMES = (
     "Coffee with Priya", "Budget planning", "Doctor's appointment", "Grocery run", "1:1 with manager",
     "Piano lesson", "Interview", "Haircut", "Book club", "Yoga", "Car service", "Study group", "Volunteer shift",
 )  # fmt: skip
+MAX_EVENTS = 10  # ten events of at least 30 minutes still leave room to move in the six-hour day
 CONSTRAINT_KINDS = ("at", "before", "after", "between", None)
 
 
@@ -26,8 +27,8 @@ def generate_tasks(
     n: int, seed: int, *, min_events: int = 3, max_events: int = 5, tools: bool = False
 ) -> list[dict[str, Any]]:
     """`n` calendar tasks from `seed`; each has requests for the user, the expectation and a solution."""
-    if not 1 <= min_events <= max_events:
-        raise ValueError(f"need 1 <= min_events <= max_events, got {min_events} and {max_events}")
+    if not 1 <= min_events <= max_events <= MAX_EVENTS:
+        raise ValueError(f"need 1 <= min_events <= max_events <= {MAX_EVENTS}, got {min_events} and {max_events}")
     rng = random.Random(seed)
     return [_task(rng, f"calendar-{seed}-{i}", rng.randint(min_events, max_events), tools) for i in range(n)]
 
@@ -55,7 +56,13 @@ def _task(rng: random.Random, task_id: str, count: int, tools: bool) -> dict[str
         "id": task_id,
         "env": "calendar",
         "messages": [{"role": "system", "content": TOOLS_PROMPT if tools else PRINTED_PROMPT}],
-        "env_seed": {"exp_cal_state": expected, "requests": requests, "tools": tools, "solution": solution},
+        "env_seed": {
+            "exp_cal_state": expected,
+            "requests": requests,
+            "per_turn": rng.choice((1, 2)),
+            "tools": tools,
+            "solution": solution,
+        },
         "limits": {"max_turns": count + 2},
     }
 

@@ -1,0 +1,73 @@
+"""`sparring gateway`'s own app, and the gateway built from the episode settings `sparring run` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry
+
+from sparring import __version__
+from sparring.gateway.routes import gateway_router
+from sparring.gateway.sessions import Gateway, GatewaySettings
+from sparring.gateway.upstream import Upstream
+from sparring.graphs.context import EpisodeConfig
+from sparring.models.pool import endpoint_config
+from sparring.server.security import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, HttpMetrics, metrics_endpoint
+
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+
+
+def build_gateway(
+    config: EpisodeConfig,
+    *,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    output: str | Path | None = None,
+    keep_ended: int = 1000,
+    registry: CollectorRegistry | None = None,
+) -> Gateway:
+    """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset."""
+    sampling = {
+        key: value
+        for key, value in (
+            ("temperature", config.policy_temperature),
+            ("top_p", config.policy_top_p),
+            ("max_tokens", config.policy_max_tokens),
+        )
+        if value is not None
+    }
+    settings = GatewaySettings(
+        model=config.policy_model,
+        sampling=sampling,
+        idle_timeout_s=idle_timeout_s,
+        keep_ended=keep_ended,
+        output=Path(output) if output is not None else None,
+    )
+    return Gateway(Upstream(endpoint_config(config, "policy")), settings, registry)
+
+
+def create_app(
+    gateway: Gateway,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The gateway alone: its routes behind bearer auth and the body limit, `/healthz`, `/metrics`."""
+    registry = registry or CollectorRegistry()
+    app = FastAPI(
+        title="sparring agent gateway",
+        version=__version__,
+        description="An OpenAI-compatible endpoint per session that records the policy's exact tokens.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(HttpMetrics, registry=registry)
+    auth = [Depends(BearerAuth(api_key))]
+    app.include_router(gateway_router(gateway), dependencies=auth)
+
+    @app.get("/healthz", summary="The process is up (no auth)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], dependencies=auth, summary="Prometheus")
+    return app

@@ -1,0 +1,133 @@
+"""`sparring export`: a Parquet row is its record's ledger segment; advantages per group; counts."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from sparring.cli import main, make_parser
+from sparring.rollouts.collect import collect
+from sparring.rollouts.export import export
+from sparring.testing import FakeModelServer
+from sparring.testing.responders import tictactoe_players
+
+
+def synthetic(task_index: int | None, repeat: int, reward: float | None, status: str = "completed") -> dict[str, Any]:
+    """A record with two segments (as after one prefix mismatch), token ids that say where they came from."""
+    base = 1000 * (task_index or 0) + 10 * repeat
+    segments = [
+        {"token_ids": [base, base + 1, base + 2], "loss_mask": [0, 1, 1], "logprobs": [0.0, -0.25, -1.5]},
+        {"token_ids": [base + 3, base + 4], "loss_mask": [0, 1], "logprobs": [0.0, -0.125]},
+    ]
+    return {
+        "id": f"t{task_index}-r{repeat}",
+        "env": "tictactoe",
+        "task_index": task_index,
+        "repeat_index": repeat,
+        "task_id": None,
+        "status": status,
+        "stop_reason": "env_done" if status == "completed" else "model_error",
+        "reward": reward,
+        "num_turns": 3,
+        "trajectory": {"segments": segments if status != "aborted" else [], "prefix_mismatches": 1},
+    }
+
+
+def write_records(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+KNOWN = [
+    synthetic(0, 0, 1.0),
+    synthetic(0, 1, 0.0),
+    synthetic(0, 2, 0.5),
+    synthetic(0, 3, None, status="aborted"),
+    synthetic(1, 0, 0.5),
+    synthetic(1, 1, 0.5),
+    synthetic(None, 0, 1.0),
+]
+
+
+async def test_round_trip_every_parquet_row_equals_its_records_ledger_segment(tmp_path: Path) -> None:
+    tasks = write_records(
+        tmp_path / "tasks.jsonl", [{}, {"env_seed": {"initial_moves": [{"position": 0, "mark": "X"}]}}]
+    )
+    out = tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as server:
+        argv = ["collect", "--input", str(tasks), "--output", str(out), "--repeats", "2", "--quiet"]
+        argv += ["--policy-base-url", server.base_url, "--user-base-url", server.base_url]
+        assert await collect(make_parser().parse_args(argv)) == 0
+    stats = export(out, tmp_path / "train.parquet")
+    table = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    by_id = {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
+    assert stats.rows == len(table) == sum(len(r["trajectory"]["segments"]) for r in by_id.values()) > 0
+    for row in table:
+        record = by_id[row["episode_id"]]
+        segment = record["trajectory"]["segments"][row["segment_index"]]
+        assert row["token_ids"] == segment["token_ids"]
+        assert row["loss_mask"] == segment["loss_mask"]
+        assert row["logprobs"] == segment["logprobs"], "logprobs are exact (float64), not rounded"
+        assert (row["reward"], row["task_index"], row["repeat_index"]) == (
+            record["reward"],
+            record["task_index"],
+            record["repeat_index"],
+        )
+        assert row["group_id"] == f"tictactoe:{record['task_index']}" and row["group_size"] == 2
+
+
+def test_advantages_on_a_known_group_and_what_is_left_out(tmp_path: Path) -> None:
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    stats = export(source, tmp_path / "rows.jsonl")
+    rows = [orjson.loads(line) for line in (tmp_path / "rows.jsonl").read_bytes().splitlines()]
+    advantage = {(r["task_index"], r["repeat_index"]): r["advantage"] for r in rows}
+    assert advantage[(0, 0)] == pytest.approx(0.5) and advantage[(0, 1)] == pytest.approx(-0.5)
+    assert advantage[(0, 2)] == pytest.approx(0.0)
+    assert advantage[(1, 0)] == advantage[(1, 1)] == advantage[(None, 0)] == 0.0
+    assert (0, 3) not in advantage, "aborted episodes are left out"
+    assert stats.aborted_left_out == 1 and stats.records == 7 and stats.episodes_exported == 6
+    assert stats.rows == 12 == len(rows), "two segments per episode, two rows"
+    assert stats.groups == 3 and stats.equal_reward_groups == 2 and stats.equal_reward_groups_dropped == 0
+    assert {r["group_size"] for r in rows if r["task_index"] == 0} == {3}, "the aborted repeat is not in the group"
+
+
+def test_normalize_std_divides_by_the_group_sample_std(tmp_path: Path) -> None:
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    export(source, tmp_path / "rows.parquet", normalize="std")
+    rows = pq.read_table(tmp_path / "rows.parquet").to_pylist()
+    std = statistics.stdev([1.0, 0.0, 0.5])
+    winner = next(r for r in rows if (r["task_index"], r["repeat_index"]) == (0, 0))
+    assert winner["advantage"] == pytest.approx(0.5 / (std + 1e-6))
+    assert math.isclose(std, 0.5)
+
+
+def test_equal_reward_groups_can_be_dropped_and_are_counted(tmp_path: Path) -> None:
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    stats = export(source, tmp_path / "rows.parquet", drop_equal_groups=True)
+    rows = pq.read_table(tmp_path / "rows.parquet").to_pylist()
+    assert {r["group_id"] for r in rows} == {"tictactoe:0"}
+    assert stats.equal_reward_groups == stats.equal_reward_groups_dropped == 2 and stats.episodes_exported == 3
+
+
+def test_cli_prints_the_counts_and_rejects_an_unknown_extension(tmp_path: Path, capsys) -> None:
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    assert main(["export", str(source), "--output", str(tmp_path / "rows.parquet")]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["rows"] == 12 and summary["aborted_left_out"] == 1 and summary["equal_reward_groups"] == 2
+    assert main(["export", str(source), "--output", str(tmp_path / "rows.csv")]) == 2
+    assert ".parquet or .jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "rows.csv").exists()
+
+
+def test_a_damaged_record_line_is_named_and_no_half_file_is_left(tmp_path: Path) -> None:
+    source = tmp_path / "records.jsonl"
+    source.write_bytes(orjson.dumps(KNOWN[0]) + b"\n{broken\n" + orjson.dumps(KNOWN[1]) + b"\n")
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: not a rollout record"):
+        export(source, tmp_path / "rows.parquet")
+    assert not (tmp_path / "rows.parquet").exists() and not list(tmp_path.glob(".rows*"))
