@@ -1,0 +1,150 @@
+"""Benchmark 3: tokens generated per second through `sparring collect` vs a plain load, on the real model.
+
+Against the vLLM server `sparring models up` started (or --base-url), in one run:
+1. `sparring collect` (a real subprocess, tito mode) of EPISODES tic-tac-toe episodes at concurrency C;
+   generated tokens = every completion token of both roles (from the records' usage), over its wall time.
+   vLLM's prefix-cache hit rate over those episodes comes from the difference of its /metrics counters.
+2. A plain load: C independent workers (aiohttp) sending chat requests of the same mean prompt and
+   completion length back to back, for about as long as the collection took; generated tokens over wall time.
+The ratio (1) / (2) says how much of the server's throughput the episode machinery keeps. The server is
+shared and CPU-bound, so both phases run in the same process one after the other; run it on a quiet machine.
+
+    .venv/bin/python bench/collect_throughput.py [--episodes 8] [--concurrency 8] [--max-turns 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from sparring.models.local import local_endpoints
+
+CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+
+
+def prefix_cache_counters(root_url: str) -> dict[str, float]:
+    """vLLM's prefix-cache counters, summed over label sets."""
+    with urllib.request.urlopen(f"{root_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals = dict.fromkeys(CACHE_COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.Namespace, work: Path) -> dict:
+    """One `sparring collect` subprocess; its generated tokens, wall time and the prefix-cache hit rate."""
+    tasks = work / "tasks.jsonl"
+    tasks.write_text("{}\n" * args.episodes)
+    output = work / "out.jsonl"
+    root = base_url.removesuffix("/v1")
+    before = prefix_cache_counters(root)
+    command = [sys.executable, "-m", "sparring.cli", "collect", "--input", str(tasks), "--output", str(output)]
+    command += ["--concurrency", str(args.concurrency), "--max-turns", str(args.max_turns), "--quiet"]
+    command += ["--token-mode", "tito", "--policy-tokenizer", tokenizer, "--timeout", "600"]
+    for role in ("policy", "user"):
+        command += [f"--{role}-base-url", base_url, f"--{role}-model", model]
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(*command)
+    await process.wait()
+    wall = time.perf_counter() - started
+    after = prefix_cache_counters(root)
+    records = [orjson.loads(line) for line in output.read_bytes().splitlines()]
+    completion = sum(r["usage"][role]["completion_tokens"] for r in records for role in ("policy", "user"))
+    calls = sum(r["num_policy_calls"] + r["num_user_calls"] for r in records)
+    prompt = sum(r["usage"][role]["prompt_tokens"] for r in records for role in ("policy", "user"))
+    queries = after[CACHE_COUNTERS[0]] - before[CACHE_COUNTERS[0]]
+    hits = after[CACHE_COUNTERS[1]] - before[CACHE_COUNTERS[1]]
+    return {
+        "exit_code": process.returncode,
+        "episodes": len(records),
+        "statuses": sorted({r["status"] for r in records}),
+        "turns": sum(r["num_turns"] for r in records),
+        "calls": calls,
+        "completion_tokens": completion,
+        "mean_prompt_tokens": prompt / calls if calls else 0,
+        "mean_completion_tokens": completion / calls if calls else 0,
+        "wall_s": wall,
+        "tokens_per_s": completion / wall,
+        "prefix_cache_hit_rate": hits / queries if queries else None,
+        "prefix_cache_queries": queries,
+        "prefix_mismatches": sum(r["trajectory"]["prefix_mismatches"] for r in records),
+    }
+
+
+async def plain_load(base_url: str, model: str, concurrency: int, prompt_tokens: int, max_tokens: int, seconds: float):
+    """C workers sending independent chat requests back to back for `seconds`; generated tokens per second."""
+    words = max(prompt_tokens // 2, 1)  # about 2 tokens per "wordN " piece for Qwen's tokenizer
+    generated = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession, index: int) -> None:
+        nonlocal generated
+        request = 0
+        while time.perf_counter() < deadline:
+            # a distinct prompt per request: no prefix-cache help beyond the chat template's first block
+            text = f"Request {index}-{request}. " + " ".join(
+                f"w{(index * 7919 + request + i) % 997}" for i in range(words)
+            )
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": max_tokens,
+                "min_tokens": max_tokens,
+                "temperature": 1.0,
+            }
+            async with session.post(f"{base_url}/chat/completions", json=body) as response:
+                data = await response.json()
+            generated += data["usage"]["completion_tokens"]
+            request += 1
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(worker(session, i) for i in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {"completion_tokens": generated, "wall_s": wall, "tokens_per_s": generated / wall}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-turns", type=int, default=5)
+    parser.add_argument("--plain-seconds", type=float, help="length of the plain load (default: the collection's)")
+    args = parser.parse_args()
+    local = local_endpoints()
+    if "policy" not in local:
+        sys.exit("no local vLLM server: start one with `sparring models up`")
+    base_url, model, tokenizer = local["policy"]["base_url"], local["policy"]["model"], local["policy"]["model_path"]
+    with tempfile.TemporaryDirectory() as work:
+        collected = await run_collect(base_url, model, tokenizer, args, Path(work))
+    print("collect:", orjson.dumps(collected).decode(), flush=True)
+    plain = await plain_load(
+        base_url,
+        model,
+        args.concurrency,
+        int(collected["mean_prompt_tokens"]),
+        max(round(collected["mean_completion_tokens"]), 1),
+        args.plain_seconds or collected["wall_s"],
+    )
+    print("plain load:", orjson.dumps(plain).decode())
+    print(
+        f"collect {collected['tokens_per_s']:.1f} generated tokens/s vs plain load {plain['tokens_per_s']:.1f} "
+        f"at concurrency {args.concurrency}: {collected['tokens_per_s'] / plain['tokens_per_s']:.0%}; "
+        f"prefix-cache hit rate over the episodes {collected['prefix_cache_hit_rate']:.1%} "
+        f"({collected['prefix_mismatches']} prefix mismatches)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
