@@ -30,6 +30,7 @@ from sparring.testing import FakeModelProcess
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = {"LANGGRAPH_NO_VERSION_CHECK": "1", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
+LOOPBACK = ("--host", "127.0.0.1", "--port")
 EPISODE_NODES = {"seed", "policy", "policy_tools", "user", "user_tools", "verify"}
 
 
@@ -48,8 +49,16 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (workdir / "dev.log").open("wb")
     process = subprocess.Popen(
-        [langgraph, "dev", "--config", str(REPO / "langgraph.json"), "--no-browser", "--no-reload"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
+        [
+            langgraph,
+            "dev",
+            "--config",
+            str(REPO / "langgraph.json"),
+            "--no-browser",
+            "--no-reload",
+            *LOOPBACK,
+            str(port),
+        ],
         cwd=workdir,
         env={**os.environ, **OFFLINE},
         stdout=log,
@@ -146,7 +155,7 @@ async def test_assistants_show_the_graph_settings_and_task_form(api: httpx.Async
     assistant = await tictactoe_assistant(api)
 
     graph = (await api.get(f"/assistants/{assistant['assistant_id']}/graph")).json()
-    assert EPISODE_NODES <= {node["id"] for node in graph["nodes"]}
+    assert {node["id"] for node in graph["nodes"]} >= EPISODE_NODES
     assert {"source": "policy", "target": "policy_tools", "conditional": True} in graph["edges"]
 
     schemas = (await api.get(f"/assistants/{assistant['assistant_id']}/schemas")).json()
