@@ -15,9 +15,9 @@
     user_tools   --no steps left---------------> policy (or verify at max turns)
     verify -> END
 
-Nodes decide and record (status, counters); routing functions only read state. They are `async`
-although they never await: LangGraph runs a plain function in a worker thread, and that hop was the
-largest single cost of a routing decision (bench/README.md).
+Nodes decide and record (status, counters); routing functions only read state. They are plain
+functions run through `Route`: LangGraph would run a sync path function in a worker thread and trace
+an async one as a callback run of its own, and either cost more than the decision (bench/README.md).
 """
 
 from __future__ import annotations
