@@ -11,13 +11,14 @@ bounds), and FastAPI must see the real classes in the route signatures.
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
@@ -231,7 +232,15 @@ def create_app(
     app.include_router(router, dependencies=auth)
     for extra in extra_routers:
         app.include_router(extra, dependencies=auth)
-    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], dependencies=auth, summary="Prometheus")
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint(registry),
+        methods=["GET"],
+        dependencies=auth,
+        summary="Prometheus metrics (text exposition format)",
+        response_class=PlainTextResponse,
+        responses={401: ERROR_RESPONSES[401]},
+    )
     _document_errors(app)
     return app
 
@@ -249,8 +258,8 @@ class RecordStream(StreamingResponse):
 
     async def _lines(self) -> AsyncIterator[bytes]:
         async for record in self.play.records():
-            yield orjson.dumps(record) + b"\n"
-        yield orjson.dumps({"summary": self.play.summary()}) + b"\n"
+            yield _dumps(record) + b"\n"
+        yield _dumps({"summary": self.play.summary()}) + b"\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.create_task(self.stream_response(send))
@@ -308,7 +317,15 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+    return Response(_dumps(content), status_code=status_code, media_type="application/json")
+
+
+def _dumps(content: Any) -> bytes:
+    """orjson, or the standard library for what orjson refuses (a client's integers beyond 64 bits, echoed back)."""
+    try:
+        return orjson.dumps(content)
+    except TypeError:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _overloaded(request: Request, exc: Exception) -> Response:
