@@ -18,6 +18,7 @@ from sparring.models import commands as model_commands
 from sparring.nodes.deps import EpisodeDeps
 from sparring.options import UsageError, add_episode_options, episode_config
 from sparring.rollouts import collect, export, rescore, show
+from sparring.rollouts.gc_tuning import tune_gc_for_rollouts
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import TaskError, parse_task, task_at
 from sparring.rollouts.transcript import print_update
@@ -119,6 +120,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sparring` console script."""
     args = make_parser().parse_args(argv)
+    tune_gc_for_rollouts()  # every face started here runs episodes: collect less, never the start-up objects
     try:
         return args.func(args)
     except (UsageError, TaskError, ValueError) as exc:
