@@ -12,6 +12,7 @@ import orjson
 
 from sparring.envs import commands as task_commands
 from sparring.envs.registry import ENVIRONMENTS, get_environment
+from sparring.gateway import commands as gateway_commands
 from sparring.graphs import commands as graph_commands
 from sparring.graphs.episode import build_graph
 from sparring.models import commands as model_commands
@@ -112,6 +113,7 @@ def make_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     fake_model_commands.register(sub)
     serve_commands.register(sub)
+    gateway_commands.register(sub)
     task_commands.register(sub)
     rescore.register(sub)
     return parser
