@@ -62,6 +62,9 @@ class EpisodeConfig:
     )
     request_timeout_s: float = _setting(120.0, "Seconds one model call may take before it is retried.")
     max_retries: int = _setting(3, "Retries of a model call on 5xx, connection errors and time-outs (never 4xx).")
+    max_connections: int = _setting(
+        1024, "Most requests in flight (and pooled connections) per model endpoint; more wait for a free slot."
+    )
     token_mode: Literal["auto", "chat", "tito"] = _setting(
         "auto",
         "tito: the ledger's ids plus the rendered tail go to /completions (one exact sequence per episode); "

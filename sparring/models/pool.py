@@ -24,6 +24,7 @@ def endpoint_config(config: EpisodeConfig, role: Role) -> EndpointConfig:
         stop=tuple(config.user_stop_strings) if role == "user" else (),
         timeout_s=config.request_timeout_s,
         max_retries=config.max_retries,
+        max_connections=config.max_connections,
         capture_tokens=role == "policy",
     )
 

@@ -213,6 +213,7 @@ class FakeModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         record: bool = True,
+        latency_s: float = 0.0,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
@@ -225,6 +226,8 @@ class FakeModelServer:
         self.host = host
         self.port = port
         self.record = record
+        self.latency_s = latency_s
+        """Every model reply waits this long first (load tests: a model's time per call, no CPU spent)."""
         self.requests: list[dict[str, Any]] = []
         self._calls: dict[tuple[str, str | None], int] = {}
         self._ids = itertools.count()
@@ -433,6 +436,8 @@ class FakeModelServer:
 
     async def _next_step(self, responder: Responder, call: ModelRequest, prompt_tokens: int) -> Step:
         """Ask the responder, then play out Hang, Fail and ContextFull; what is left is generated."""
+        if self.latency_s:
+            await self._sleep(self.latency_s)
         reply = responder(call)
         if inspect.isawaitable(reply):
             reply = await reply
@@ -612,9 +617,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN, help="context length (default: %(default)s)"
     )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds every model reply waits first (default: %(default)s)"
+    )
 
 
-async def serve(preset: str, template: Template, max_model_len: int, host: str, port: int) -> None:
+async def serve(
+    preset: str, template: Template, max_model_len: int, host: str, port: int, latency_s: float = 0.0
+) -> None:
     """Serve a preset until cancelled; the first stdout line is the base URL, for whoever started us."""
     server = FakeModelServer(
         PRESETS[preset](),
@@ -624,6 +634,7 @@ async def serve(preset: str, template: Template, max_model_len: int, host: str, 
         host=host,
         port=port,
         record=False,
+        latency_s=latency_s,
     )
     async with server:
         print(server.base_url, flush=True)
@@ -633,7 +644,7 @@ async def serve(preset: str, template: Template, max_model_len: int, host: str, 
 def run_server(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C (the handler of `sparring fake-model`)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.preset, args.template, args.max_model_len, args.host, args.port))
+        asyncio.run(serve(args.preset, args.template, args.max_model_len, args.host, args.port, args.latency))
     return 0
 
 
@@ -660,6 +671,7 @@ class FakeModelProcess:
         host: str = "127.0.0.1",
         port: int = 0,
         startup_timeout: float = 30.0,
+        latency_s: float = 0.0,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(sorted(PRESETS))}")
@@ -668,7 +680,7 @@ class FakeModelProcess:
             "-m",
             "sparring.testing.fake_model",
             *("--preset", preset, "--template", template, "--max-model-len", str(max_model_len)),
-            *("--host", host, "--port", str(port)),
+            *("--host", host, "--port", str(port), "--latency", str(latency_s)),
         ]
         self.startup_timeout = startup_timeout
         self.base_url = ""
