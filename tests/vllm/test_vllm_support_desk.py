@@ -1,0 +1,46 @@
+"""support-desk episodes on the real default model (vLLM CPU): they run to a scored verdict."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sparring.envs.support_desk import SupportDesk
+from sparring.graphs.context import EpisodeConfig
+from sparring.graphs.episode import build_graph
+from sparring.models.local import ServerRecord
+from sparring.nodes.deps import EpisodeDeps
+from sparring.rollouts.runner import run_episode
+
+pytestmark = pytest.mark.vllm
+
+TASKS = ("sd-01", "sd-20")
+
+
+async def test_support_desk_episodes_reach_a_verdict(vllm_server: ServerRecord) -> None:
+    deps = EpisodeDeps(SupportDesk())
+    graph = build_graph(deps.env, deps)
+    config = EpisodeConfig(
+        **{**deps.env.settings, "max_turns": 4},
+        policy_base_urls=[vllm_server.base_url],
+        user_base_urls=[vllm_server.base_url],
+        policy_model=vllm_server.model,
+        user_model=vllm_server.model,
+        policy_tokenizer=vllm_server.model_path,
+        user_max_tokens=96,
+        request_timeout_s=300,
+    )
+    try:
+        records = await asyncio.gather(
+            *(run_episode(graph, {"env_seed": {"task_id": t}}, config, env="support-desk") for t in TASKS)
+        )
+    finally:
+        await deps.clients.aclose()
+    for record in records:
+        assert record["status"] in ("completed", "truncated"), record["error"]
+        assert record["reward"] in (0.0, 1.0)
+        assert set(record["reward_components"]) == {"users", "orders", "transfer", "facts"}
+        assert record["num_policy_calls"] >= 1 and record["num_user_calls"] >= 1
+        assert record["trajectory"]["prefix_mismatches"] == 0
+        assert all("###STOP###" not in str(m["content"]) for m in record["messages"])
