@@ -6,6 +6,8 @@ from the task (`episode_tools`, see envs/base.py) gets a tool set per distinct s
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,7 @@ class EpisodeDeps:
     toolsets: dict[str, Toolset] = field(init=False)
     _episode_toolsets: dict[str, Toolset] = field(init=False, default_factory=dict)
     _renderers: dict[tuple[str, str], TailRenderer] = field(init=False, default_factory=dict)
+    _loading: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         actors: tuple[Actor, ...] = ("policy", "user")
@@ -75,11 +78,22 @@ class EpisodeDeps:
         await self.clients.aclose()
         await close_environment(self.env)
 
-    def renderer(self, tokenizer: str, toolset: Toolset | None = None) -> TailRenderer:
-        """The policy's prompt renderer for token-in-token-out mode, loaded once per tokenizer and tool set."""
+    async def renderer(self, tokenizer: str, toolset: Toolset | None = None) -> TailRenderer:
+        """The policy's prompt renderer for token-in-token-out mode, loaded once per tokenizer and tool set.
+
+        The first load reads the tokenizer's files in a worker thread, never on the event loop: a batch
+        would stall on it, and `langgraph dev` (Studio) refuses blocking calls there.
+        """
         toolset = toolset or self.toolsets["policy"]
         renderer = self._renderers.get((tokenizer, toolset.key))
         if renderer is None:
-            renderer = TailRenderer(load_tokenizer(tokenizer), toolset.wire)
-            self._renderers[(tokenizer, toolset.key)] = renderer
+            renderer = await asyncio.to_thread(self._load_renderer, tokenizer, toolset)
         return renderer
+
+    def _load_renderer(self, tokenizer: str, toolset: Toolset) -> TailRenderer:
+        with self._loading:  # episodes starting together load it once
+            renderer = self._renderers.get((tokenizer, toolset.key))
+            if renderer is None:
+                renderer = TailRenderer(load_tokenizer(tokenizer), toolset.wire)
+                self._renderers[(tokenizer, toolset.key)] = renderer
+            return renderer

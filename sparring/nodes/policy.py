@@ -37,7 +37,7 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
             if not tokenizer:
                 raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
             constraint = cached_tool_call_constraint(tools.key, tools.wire, state["limits"]["policy_tool_choice"])
-            renderer = deps.renderer(tokenizer, tools)
+            renderer = await deps.renderer(tokenizer, tools)
             completion = await call_tokens_in_tokens_out(state, client, renderer, tools.names, constraint)
         else:
             completion = await client.chat(
