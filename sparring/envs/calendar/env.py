@@ -244,8 +244,9 @@ class Calendar:
 
 
 def _seed_of(task: dict[str, Any]) -> Mapping[str, Any]:
-    """The task's env_seed; a task with neither an env_seed nor a NeMo Gym `exp_cal_state` gets the default."""
-    if task.get("env_seed") or "exp_cal_state" in (task.get("metadata") or {}):
+    """The task's env_seed; a task that is neither a NeMo Gym row nor brings an env_seed gets the default."""
+    metadata = task.get("metadata") or {}
+    if task.get("env_seed") or "exp_cal_state" in metadata or "responses_create_params" in metadata:
         return task.get("env_seed") or {}
     return DEFAULT_SEED
 
