@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +20,7 @@ from sparring.graphs.episode import build_graph
 from sparring.nodes.deps import EpisodeDeps
 from sparring.rollouts.runner import run_episode
 from sparring.rollouts.tasks import parse_task
-from sparring.testing import Call, FakeModelServer, Say, Script
+from sparring.testing import Call, FakeModelProcess, FakeModelServer, Say, Script
 from sparring.testing.responders import support_desk_players
 
 ENV = SupportDesk()
@@ -443,3 +445,24 @@ async def test_an_unknown_task_aborts_as_invalid_with_the_field_named(desk: Any)
     record = await desk({"policy": Script([]), "user": Script([])}, {"env_seed": {"task_id": "sd-99"}})
     assert (record["status"], record["stop_reason"], record["reward"]) == ("aborted", "invalid_task", None)
     assert "env_seed.task_id: no shipped task 'sd-99'" in record["error"]["message"]
+
+
+def test_sparring_run_plays_the_desk_against_the_scripted_preset() -> None:
+    with FakeModelProcess("support-desk") as server:
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "sparring.cli", "run", "--env", "support-desk", "--json", "--quiet"),
+                *("--policy-base-url", server.base_url, "--user-base-url", server.base_url),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    record = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert (record["env"], record["status"], record["stop_reason"], record["reward"]) == (
+        "support-desk",
+        "completed",
+        "user_stop",
+        1.0,
+    )

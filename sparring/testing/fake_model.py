@@ -54,6 +54,7 @@ from sparring.testing.responders import (
     as_responder,
     as_step,
     calendar_players,
+    support_desk_players,
     tictactoe_players,
 )
 from sparring.testing.tokenizer import (
@@ -73,6 +74,7 @@ from sparring.testing.tokenizer import (
 PRESETS: dict[str, Callable[[], dict[str, Responder]]] = {
     "tictactoe": tictactoe_players,
     "calendar": calendar_players,
+    "support-desk": support_desk_players,
     "echo": lambda: {"policy": Echo()},
 }
 """Responder sets by name for the CLI and the child process; unknown model names go to "policy"."""
