@@ -210,7 +210,7 @@ async def test_ctrl_c_ends_in_flight_episodes_as_interrupted_and_prints_the_resu
         written = records(out)
         interrupted = [r for r in written if r["stop_reason"] == "interrupted"]
         assert interrupted and all(r["status"] == "aborted" and r["reward"] is None for r in interrupted)
-        assert len(written) < 8 and max(pairs(out).values()) == 1
+        assert max(pairs(out).values()) == 1
         assert "Resume with:" in err.decode() and "--resume" in err.decode().split("Resume with:")[1]
         assert not failures_path(out).exists(), "an interruption is not a failure"
 
