@@ -542,3 +542,32 @@ async def test_bad_requests_unknown_404_ended_409_malformed_422_and_auth() -> No
     assert [r.status_code for r in ended] == [409, 409]
     assert 'sparring_gateway_sessions_ended_total{status="completed"} 1.0' in metrics
     assert 'route="/sessions/{session_id}/v1/chat/completions"' in metrics
+
+
+async def test_the_same_routes_mounted_in_the_rollout_service_behind_its_auth() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sparring.gateway.app import build_gateway
+    from sparring.gateway.routes import gateway_router
+    from sparring.graphs.context import EpisodeConfig
+    from sparring.server.app import create_app
+    from sparring.server.background import BackgroundServer
+    from sparring.server.settings import ServerSettings
+
+    async with FakeModelServer({"policy": Say("served"), "user": Say("hi")}) as fake:
+        config = EpisodeConfig(policy_base_urls=[fake.base_url], user_base_urls=[fake.base_url], request_timeout_s=5.0)
+        registry = CollectorRegistry()
+        gateway = build_gateway(config, registry=registry)
+        app = create_app(
+            ServerSettings(api_key="k"), lambda env: config, extra_routers=[gateway_router(gateway)], registry=registry
+        )
+        with BackgroundServer(app) as server:
+            async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": "Bearer k"}) as http:
+                assert (await httpx.AsyncClient(base_url=server.base_url).post("/v1/sessions")).status_code == 401
+                session = await new_session(http)
+                reply = await agent(session, api_key="k").chat.completions.create(model="m", messages=OPENING)
+                record = (await http.post(f"/v1/sessions/{session['session_id']}/finish", json={"reward": 1})).json()
+                metrics = (await http.get("/metrics")).text
+    assert reply.choices[0].message.content == "served"
+    assert_exact_ledger(record)
+    assert 'sparring_gateway_sessions_ended_total{status="completed"} 1.0' in metrics

@@ -67,7 +67,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM / Ctrl-C."""
     import uvicorn  # the web stack loads only for `serve`, not for every CLI command
+    from prometheus_client import CollectorRegistry
 
+    from sparring.gateway.app import build_gateway
+    from sparring.gateway.routes import gateway_router
     from sparring.server.app import create_app
     from sparring.server.security import resolve_api_key
 
@@ -85,7 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         api_key=resolve_api_key(args.api_key_file),
     )
-    app = create_app(settings, lambda env: episode_config(args, env))
+    registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
+    gateway = build_gateway(episode_config(args, args.env, roles=("policy",)), registry=registry)
+    app = create_app(
+        settings, lambda env: episode_config(args, env), extra_routers=[gateway_router(gateway)], registry=registry
+    )
     if args.host not in LOOPBACK and settings.api_key is None:
         print(
             f"sparring serve: warning: binding {args.host} without an API key: anyone who can reach this port "
