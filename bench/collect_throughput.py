@@ -4,10 +4,15 @@ Against the vLLM server `sparring models up` started (or --base-url), in one run
 1. `sparring collect` (a real subprocess, tito mode) of EPISODES tic-tac-toe episodes at concurrency C;
    generated tokens = every completion token of both roles (from the records' usage), over its wall time.
    vLLM's prefix-cache hit rate over those episodes comes from the difference of its /metrics counters.
-2. A plain load: C independent workers (aiohttp) sending chat requests of the same mean prompt and
-   completion length back to back, for about as long as the collection took; generated tokens over wall time.
-The ratio (1) / (2) says how much of the server's throughput the episode machinery keeps. The server is
-shared and CPU-bound, so both phases run in the same process one after the other; run it on a quiet machine.
+2. A plain load: C independent workers (aiohttp) sending chat requests back to back, for about as long as
+   the collection took, each generating the episodes' mean completion length from a distinct prompt as
+   long as the mean part of an episode's prompt that vLLM had to compute (prompt tokens minus cache
+   hits): the same prefill and decode work per request, without the episodes around it.
+The ratio (1) / (2) says how much of the server's throughput the episode machinery keeps. It also
+prints, from the records' exact ids, the most of the policy's prompt tokens a cache of whole blocks of
+16, 32 and 128 tokens could serve (vLLM's CPU default is 128): whether block size caps the hit rate.
+/metrics counts every client of the server, and the server is CPU-bound: run it while nobody else uses
+the server or the machine, or both the ratio and the hit rate mix in their traffic.
 
     .venv/bin/python bench/collect_throughput.py [--episodes 8] [--concurrency 8] [--max-turns 5]
 """
@@ -42,6 +47,25 @@ def prefix_cache_counters(root_url: str) -> dict[str, float]:
     return totals
 
 
+def cacheable_share(records: list[dict], block_size: int) -> float:
+    """The most of the policy's prompt tokens a prefix cache of whole `block_size` blocks could serve.
+
+    Per call, the part of its prompt that an earlier call already sent (the episode's previous prompt and
+    completion, or for the first call the opening every episode of the task shares), cut down to whole
+    blocks: vLLM only reuses full blocks. Computed from the ledger's exact ids (tito: one segment).
+    """
+    cacheable = total = 0
+    for record in records:
+        previous_end = None
+        for call in record["trajectory"]["calls"]:
+            prompt = call["prompt_len"]
+            shared = prompt if previous_end is None else min(previous_end, prompt)
+            cacheable += shared // block_size * block_size
+            total += prompt
+            previous_end = prompt + call["completion_len"]
+    return cacheable / total if total else 0.0
+
+
 async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.Namespace, work: Path) -> dict:
     """One `sparring collect` subprocess; its generated tokens, wall time and the prefix-cache hit rate."""
     tasks = work / "tasks.jsonl"
@@ -66,6 +90,7 @@ async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.
     queries = after[CACHE_COUNTERS[0]] - before[CACHE_COUNTERS[0]]
     hits = after[CACHE_COUNTERS[1]] - before[CACHE_COUNTERS[1]]
     return {
+        "policy_cacheable_by_block_size": {str(b): cacheable_share(records, b) for b in (16, 32, 128)},
         "exit_code": process.returncode,
         "episodes": len(records),
         "statuses": sorted({r["status"] for r in records}),
@@ -77,6 +102,7 @@ async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.
         "wall_s": wall,
         "tokens_per_s": completion / wall,
         "prefix_cache_hit_rate": hits / queries if queries else None,
+        "mean_uncached_prompt_tokens": (queries - hits) / calls if calls else 0,
         "prefix_cache_queries": queries,
         "prefix_mismatches": sum(r["trajectory"]["prefix_mismatches"] for r in records),
     }
@@ -133,16 +159,18 @@ async def main() -> None:
         base_url,
         model,
         args.concurrency,
-        int(collected["mean_prompt_tokens"]),
+        int(collected["mean_uncached_prompt_tokens"]),
         max(round(collected["mean_completion_tokens"]), 1),
         args.plain_seconds or collected["wall_s"],
     )
     print("plain load:", orjson.dumps(plain).decode())
+    bounds = ", ".join(f"{v:.1%} with blocks of {b}" for b, v in collected["policy_cacheable_by_block_size"].items())
     print(
         f"collect {collected['tokens_per_s']:.1f} generated tokens/s vs plain load {plain['tokens_per_s']:.1f} "
         f"at concurrency {args.concurrency}: {collected['tokens_per_s'] / plain['tokens_per_s']:.0%}; "
         f"prefix-cache hit rate over the episodes {collected['prefix_cache_hit_rate']:.1%} "
-        f"({collected['prefix_mismatches']} prefix mismatches)"
+        f"({collected['prefix_mismatches']} prefix mismatches); whole blocks only: at most {bounds} "
+        "of the policy's prompt tokens can come from the cache"
     )
 
 
