@@ -1,6 +1,6 @@
 """Benchmark 3: tokens generated per second through `sparring collect` vs a plain load, on the real model.
 
-Against the vLLM server `sparring models up` started (or --base-url), in one run:
+Against the vLLM server `sparring models up` started, in one run:
 1. `sparring collect` (a real subprocess, tito mode) of EPISODES tic-tac-toe episodes at concurrency C;
    generated tokens = every completion token of both roles (from the records' usage), over its wall time.
    vLLM's prefix-cache hit rate over those episodes comes from the difference of its /metrics counters.
