@@ -196,9 +196,10 @@ async def test_a_replica_that_dies_is_taken_out_and_its_episodes_move(tmp_path: 
 
 
 async def test_ctrl_c_ends_in_flight_episodes_as_interrupted_and_prints_the_resume_command(tmp_path: Path) -> None:
-    tasks = write_tasks(tmp_path / "tasks.jsonl", [{} for _ in range(8)])
+    # 16 episodes of ~2.6 s at concurrency 4: several seconds of work are still in flight at the signal.
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{} for _ in range(16)])
     out = tmp_path / "out.jsonl"
-    async with FakeModelServer(slow_players(0.1), record=False) as server:
+    async with FakeModelServer(slow_players(0.2), record=False) as server:
         argv = ["collect", "--input", str(tasks), "--output", str(out), "--concurrency", "4", "--quiet"]
         argv += endpoint_args(server.base_url)
         proc = await asyncio.create_subprocess_exec(*SPARRING, *argv, stderr=asyncio.subprocess.PIPE)
@@ -219,7 +220,7 @@ async def test_ctrl_c_ends_in_flight_episodes_as_interrupted_and_prints_the_resu
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, err.decode()
     assert f"{len(interrupted)} interrupted" in err.decode()
-    assert pairs(out) == Counter({(t, 0): 1 for t in range(8)})
+    assert pairs(out) == Counter({(t, 0): 1 for t in range(16)})
     assert {r["status"] for r in records(out)} == {"completed"}
 
 
