@@ -25,7 +25,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     _, client = deps.clients.clients(runtime.context)
     limits = state["limits"]
     step = state["user_steps"] + 1
-    shown = [] if state["user_steps"] else [HumanMessage(content=policy_turn_for_user(state, deps))]
+    shown = [] if state["user_steps"] else shown_of_policy_turn(state, deps)
     if state.get("human_turn") is not None:  # a person plays this step (Studio, nodes/human.py)
         reply = human_reply(state["human_turn"], f"human_{len(state['user_messages'])}")
         update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply]}
@@ -67,6 +67,15 @@ def cut_at_first(text: str, markers: list[str]) -> str:
     return text[:cut]
 
 
+def shown_of_policy_turn(state: EpisodeState, deps: EpisodeDeps) -> list[BaseMessage]:
+    """The message that shows the user the policy's turn; none when there is nothing to show and the
+    opening already left the user something to answer (a placeholder there makes small models stop)."""
+    seen = policy_turn_for_user(state, deps)
+    if seen == NOTHING_SHOWN and isinstance(state["user_messages"][-1], HumanMessage):
+        return []
+    return [HumanMessage(content=seen)]
+
+
 def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
     """What the user sees of the policy's turn: its visible replies, then the environment's observation."""
     parts = [
@@ -81,9 +90,13 @@ def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
 
 
 def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str, Any]:
-    """Pass the user's text to the policy and close the turn, or end the episode on a stop token or silence."""
+    """Pass the user's text to the policy and close the turn, or end the episode on a stop token or silence.
+
+    A stop token before the policy has said anything ends nothing (small user models echo the stop
+    token of their instructions in their first message); it is removed, and the rest is delivered.
+    """
     stop_tokens = [token for token in state["limits"]["user_stop_tokens"] if token]
-    stopped = any(token in text for token in stop_tokens)
+    stopped = state["num_policy_calls"] > 0 and any(token in text for token in stop_tokens)
     visible = text
     for token in stop_tokens:
         visible = visible.replace(token, "")

@@ -107,6 +107,9 @@ POLICY_PROMPT = (
 )
 
 
+GREETING = "Hi! This is the shop's support desk. How can I help you today?"
+
+
 def customer_persona(desk_task: DeskTask, db: Mapping[str, Any]) -> str:
     """The simulated customer's system prompt: who they are, their hidden goal, and how to end."""
     user = db["users"][desk_task.user_id]
@@ -115,13 +118,14 @@ def customer_persona(desk_task: DeskTask, db: Mapping[str, Any]) -> str:
     return (
         f"You are {name}, a customer writing to an online shop's support chat. The assistant is the shop's "
         f"support agent. {desk_task.persona}\n"
-        f"Your goal: {desk_task.instructions}\n"
+        "Write one or two short sentences per message, in plain words, as a customer would. Never invent "
+        "order ids, items or other details you were not given. When the agent asks you to confirm a change "
+        "that matches your goal, answer yes; otherwise say no and say what you want. Only when your goal is "
+        f"done, or the agent says it cannot be done, thank them and end that message with {STOP_TOKEN}; "
+        f"if you are transferred to a human agent, write {STOP_TOKEN}.\n"
         f"To be identified you can give: {known}. Give them only when the agent asks.\n"
-        "Write one or two short sentences per message, in plain words, as a customer would. Start with your "
-        "request. Never invent order ids, items or other details you were not given. When the agent asks you "
-        "to confirm a change that matches your goal, answer yes; otherwise say no and say what you want. "
-        f"When your goal is done, or the agent says it cannot be done, thank them and end your message with "
-        f"{STOP_TOKEN}. If you are transferred to a human agent, write {STOP_TOKEN}."
+        f"Your goal: {desk_task.instructions}\n"
+        "Your first message says what you want, in your own words."
     )
 
 
@@ -145,8 +149,11 @@ class SupportDesk:
         return TOOL_SPECS if actor == "policy" else ()
 
     def default_messages(self) -> list[dict[str, str]]:
-        """The agent's instructions and policy; the customer speaks first."""
-        return [{"role": "system", "content": POLICY_PROMPT}]
+        """The agent's instructions and policy, and its greeting: the customer answers it with the request.
+
+        Without a greeting a small user model starts from an empty chat and often writes only the stop token.
+        """
+        return [{"role": "system", "content": POLICY_PROMPT}, {"role": "assistant", "content": GREETING}]
 
     def user_persona(self, task: dict[str, Any]) -> str:
         """The task's own persona, else the customer built from the desk task."""
