@@ -186,7 +186,7 @@ class BatchRunner:
             graph, deps = self.graph_for(item.env)
             config = self.config_for(item.env)
         except Exception as exc:  # an unknown environment name: this item fails, the batch goes on
-            return _aborted(item, episode_id, started, "invalid_task", type(exc).__name__, str(exc))
+            return aborted_record(item, episode_id, "invalid_task", type(exc).__name__, str(exc), started)
         try:
             return await run_episode(
                 graph,
@@ -201,7 +201,9 @@ class BatchRunner:
             if not self._interrupting or me.cancelling() > 1:
                 raise
             me.uncancel()
-            return _aborted(item, episode_id, started, INTERRUPTED, "Interrupted", "stopped before the episode ended")
+            return aborted_record(
+                item, episode_id, INTERRUPTED, "Interrupted", "stopped before the episode ended", started
+            )
         finally:
             deps.clients.release(episode_id)
 
@@ -226,14 +228,15 @@ class BatchRunner:
             await deps.aclose()
 
 
-def _aborted(
-    item: BatchItem, episode_id: str, started: float, stop_reason: str, error_type: str, message: str
+def aborted_record(
+    item: BatchItem, episode_id: str, stop_reason: str, error_type: str, message: str, started: float | None = None
 ) -> dict[str, Any]:
+    """The record of an episode that could not run or finish (a bad seed, a stop, a lost worker)."""
     state = {
         "task": item.task,
         "status": "aborted",
         "stop_reason": stop_reason,
-        "wall_s": time.time() - started,
+        "wall_s": 0.0 if started is None else time.time() - started,
         "error": {"type": error_type, "message": message},
     }
     return build_record(

@@ -39,8 +39,7 @@ from sparring.graphs.context import EpisodeConfig
 from sparring.models.latency import LatencyHistogram
 from sparring.models.pool import add_replica_stats
 from sparring.options import UsageError
-from sparring.rollouts.batch import BatchItem, BatchRunner
-from sparring.rollouts.record import build_record
+from sparring.rollouts.batch import BatchItem, BatchRunner, aborted_record
 from sparring.rollouts.runner import new_episode_id
 
 STATS_INTERVAL_S = 2.0
@@ -454,16 +453,8 @@ class RayRunner:
 
 def _worker_died(item: BatchItem, message: str) -> dict[str, Any]:
     """The record of an item no worker could finish."""
-    state = {
-        "task": item.task,
-        "status": "aborted",
-        "stop_reason": "internal_error",
-        "error": {"type": WORKER_DIED, "message": message},
-    }
     episode_id = new_episode_id(item.task_index, item.repeat_index)
-    return build_record(
-        state, env=item.env, episode_id=episode_id, task_index=item.task_index, repeat_index=item.repeat_index
-    )
+    return aborted_record(item, episode_id, "internal_error", WORKER_DIED, message)
 
 
 def _puller(items: Iterable[BatchItem] | AsyncIterable[BatchItem]) -> Callable[[], Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from real_server import server_config
 
 from sparring.envs.calendar import Calendar
 from sparring.envs.calendar.generator import generate_tasks
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
 from sparring.nodes.deps import EpisodeDeps
@@ -37,17 +37,7 @@ NEMO_GYM_ROW = {
 async def test_calendar_episodes_reach_a_verdict(vllm_server: ServerRecord) -> None:
     deps = EpisodeDeps(Calendar())
     graph = build_graph(deps.env, deps)
-    config = EpisodeConfig(
-        **deps.env.settings,
-        policy_base_urls=[vllm_server.base_url],
-        user_base_urls=[vllm_server.base_url],
-        policy_model=vllm_server.model,
-        user_model=vllm_server.model,
-        policy_tokenizer=vllm_server.model_path,
-        policy_max_tokens=256,
-        user_max_tokens=96,
-        request_timeout_s=300,
-    )
+    config = server_config(deps.env, vllm_server, policy_max_tokens=256, user_max_tokens=96)
     tasks = [
         generate_tasks(1, 1, min_events=2, max_events=2)[0],
         generate_tasks(1, 2, min_events=2, max_events=2, tools=True)[0],

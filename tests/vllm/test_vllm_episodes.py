@@ -8,10 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from real_server import server_config
 from transformers import AutoTokenizer
 
 from sparring.envs.tictactoe import LINES, TicTacToe
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
 from sparring.nodes.deps import EpisodeDeps
@@ -28,18 +28,7 @@ async def records(vllm_server: ServerRecord) -> AsyncIterator[dict[str, list[dic
     """Two episodes per token mode, played concurrently (vLLM batches them)."""
     deps = EpisodeDeps(TicTacToe())
     graph = build_graph(deps.env, deps)
-    config = EpisodeConfig(
-        **deps.env.settings,
-        policy_base_urls=[vllm_server.base_url],
-        user_base_urls=[vllm_server.base_url],
-        policy_model=vllm_server.model,
-        user_model=vllm_server.model,
-        policy_tokenizer=vllm_server.model_path,
-        max_turns=3,
-        policy_max_tokens=96,
-        user_max_tokens=64,
-        request_timeout_s=300,
-    )
+    config = server_config(deps.env, vllm_server, max_turns=3, policy_max_tokens=96, user_max_tokens=64)
     results: dict[str, list[dict[str, Any]]] = {}
     for mode in ("tito", "chat"):
         mode_config = replace(config, token_mode=mode)

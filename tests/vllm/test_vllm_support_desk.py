@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from real_server import server_config
 
 from sparring.envs.support_desk import SupportDesk
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
 from sparring.nodes.deps import EpisodeDeps
@@ -21,16 +21,7 @@ TASKS = ("sd-01", "sd-20")
 async def test_support_desk_episodes_reach_a_verdict(vllm_server: ServerRecord) -> None:
     deps = EpisodeDeps(SupportDesk())
     graph = build_graph(deps.env, deps)
-    config = EpisodeConfig(
-        **{**deps.env.settings, "max_turns": 4},
-        policy_base_urls=[vllm_server.base_url],
-        user_base_urls=[vllm_server.base_url],
-        policy_model=vllm_server.model,
-        user_model=vllm_server.model,
-        policy_tokenizer=vllm_server.model_path,
-        user_max_tokens=96,
-        request_timeout_s=300,
-    )
+    config = server_config(deps.env, vllm_server, max_turns=4, user_max_tokens=96)
     try:
         records = await asyncio.gather(
             *(run_episode(graph, {"env_seed": {"task_id": t}}, config, env="support-desk") for t in TASKS)
