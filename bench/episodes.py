@@ -33,11 +33,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from baseline_aiohttp import AiohttpLoop
 from naive_langchain import NaiveLangChainGraph
 
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.engine import run_episode
 from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import build_graph
 from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
 from sparring.testing import FakeModelProcess
 
 MEASURE_TIMEOUT_S = 120.0
@@ -91,7 +91,9 @@ class SparringGraph:
     def __init__(self, base_url: str) -> None:
         self.deps = EpisodeDeps(TicTacToe())
         self.graph = build_graph(self.deps.env, self.deps)
-        self.config = EpisodeConfig(policy_base_urls=[base_url], user_base_urls=[base_url], user_tool_choice="required")
+        self.config = EpisodeSettings(
+            policy_base_urls=[base_url], user_base_urls=[base_url], user_tool_choice="required"
+        )
 
     async def start(self) -> None:
         """Clients open lazily on the first call."""

@@ -28,13 +28,13 @@ from typing import Any
 
 import orjson
 
+from sparring.cli.options import add_episode_options, episode_config
+from sparring.core.task import parse_task, read_tasks
+from sparring.engine.engine import run_episode
 from sparring.envs.registry import ENVIRONMENTS, get_environment
 from sparring.envs.support_desk import task_rows
 from sparring.graphs.episode import build_graph
 from sparring.nodes.deps import EpisodeDeps
-from sparring.options import add_episode_options, episode_config
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task, read_tasks
 
 SHIPPED_TASKS: dict[str, Callable[[], list[dict[str, Any]]]] = {"support-desk": task_rows}
 """Environments that ship their own tasks: an episode per task, in order, unless --input says otherwise."""

@@ -29,8 +29,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparring.options import default_config
-from sparring.rollouts.batch import BatchItem, BatchRunner
+from sparring.engine.batch import BatchItem, BatchRunner
+from sparring.engine.engine import Engine
+from sparring.engine.settings import default_settings
 from sparring.testing import FakeModelProcess
 
 
@@ -41,9 +42,9 @@ def cpu_s(pid: int) -> float:
 
 
 async def in_process(base_url: str, episodes: int, concurrency: int) -> None:
-    config = default_config("tictactoe")
+    config = default_settings("tictactoe")
     config.policy_base_urls, config.user_base_urls = [base_url], [base_url]
-    runner = BatchRunner(config, concurrency=concurrency)
+    runner = BatchRunner(Engine(config), concurrency=concurrency)
     items = [BatchItem(i, 0, {}, "tictactoe") for i in range(episodes)]
     try:
         statuses = [record["status"] async for record in runner.run(items)]

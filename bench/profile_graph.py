@@ -43,8 +43,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from sparring.core.record import build_record
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeInput, EpisodeState
+from sparring.engine.engine import run_episode
 from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import (
     RECURSION_LIMIT,
     build_graph,
@@ -54,7 +57,6 @@ from sparring.graphs.episode import (
     route_after_user,
     route_after_user_tools,
 )
-from sparring.graphs.state import EpisodeInput, EpisodeState
 from sparring.models.client import EndpointConfig, ModelClient
 from sparring.models.pool import ClientPool
 from sparring.nodes.deps import EpisodeDeps
@@ -63,8 +65,6 @@ from sparring.nodes.seed import seed
 from sparring.nodes.tools import run_tools
 from sparring.nodes.user import user
 from sparring.nodes.verify import verify
-from sparring.rollouts.record import build_record
-from sparring.rollouts.runner import run_episode
 from sparring.testing import FakeModelProcess
 
 DEFAULT_CONCURRENCY = 64
@@ -123,7 +123,7 @@ class Recording:
     model_calls: int
 
 
-async def record_episode(config: EpisodeConfig) -> Recording:
+async def record_episode(config: EpisodeSettings) -> Recording:
     """Play one episode over HTTP, keeping what the replays need."""
     responses: dict[str, list[dict[str, Any]]] = {}
     deps = EpisodeDeps(TicTacToe(), clients=Pool(lambda endpoint: RecordingClient(endpoint, responses)))
@@ -176,7 +176,7 @@ def replay_nodes_graph(recording: Recording, command: bool) -> Any:
         node.__name__ = name
         return node
 
-    graph = StateGraph(EpisodeState, context_schema=EpisodeConfig, input_schema=EpisodeInput)
+    graph = StateGraph(EpisodeState, context_schema=EpisodeSettings, input_schema=EpisodeInput)
     for name in ("seed", "policy", "policy_tools", "user", "user_tools", "verify"):
         if command:
             graph.add_node(name, make_node(name), destinations=tuple(successors[name] - {END}))
@@ -219,7 +219,7 @@ def command_routed_graph(deps: EpisodeDeps) -> Any:
     def routed(name: str) -> Callable[..., Awaitable[Command]]:
         node, route = nodes[name], ROUTES[name]
 
-        async def run(state: EpisodeState, runtime: Runtime[EpisodeConfig]) -> Command:
+        async def run(state: EpisodeState, runtime: Runtime[EpisodeSettings]) -> Command:
             update = await node(state, runtime)
             after = {**state, **update}
             for key in _APPENDED:
@@ -230,7 +230,7 @@ def command_routed_graph(deps: EpisodeDeps) -> Any:
         run.__name__ = name
         return run
 
-    graph = StateGraph(EpisodeState, context_schema=EpisodeConfig, input_schema=EpisodeInput)
+    graph = StateGraph(EpisodeState, context_schema=EpisodeSettings, input_schema=EpisodeInput)
     for name, destinations in _DESTINATIONS.items():
         graph.add_node(name, routed(name), destinations=destinations)
     graph.add_node("verify", partial(verify, deps=deps))
@@ -288,7 +288,7 @@ async def by_subtraction(
     base_url: str, episodes: int, repeats: int, concurrency: int
 ) -> tuple[list[Case], Recording, float]:
     """Every case warmed up, then sampled round-robin `repeats` times (drift spreads over all rows)."""
-    config = EpisodeConfig(policy_base_urls=[base_url], user_base_urls=[base_url], user_tool_choice="required")
+    config = EpisodeSettings(policy_base_urls=[base_url], user_base_urls=[base_url], user_tool_choice="required")
     recording = await record_episode(config)
     calls = recording.model_calls
 

@@ -28,9 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparring.options import default_config
-from sparring.rollouts.batch import BatchItem, BatchRunner
-from sparring.rollouts.ray_runner import RayRunner, connect
+from sparring.engine.batch import BatchItem, BatchRunner
+from sparring.engine.engine import Engine
+from sparring.engine.ray_runner import RayRunner, connect
+from sparring.engine.settings import default_settings
 from sparring.testing import FakeModelProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -119,7 +120,7 @@ def summarize(runs: list[Run], variants: list[str]) -> None:
 async def main(args: argparse.Namespace) -> int:
     with FakeModelProcess("tictactoe") as server:
         config = replace(
-            default_config("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
+            default_settings("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
         )
         started_ray = connect(None, workers=2)
         variants = ["in-process", "ray 1 worker", "ray 2 workers"]
@@ -131,7 +132,7 @@ async def main(args: argparse.Namespace) -> int:
             for round_number in range(args.rounds):
                 for variant in variants:
                     if variant == "in-process":
-                        runner: Any = BatchRunner(config, concurrency=args.concurrency)
+                        runner: Any = BatchRunner(Engine(config), concurrency=args.concurrency)
                     else:
                         runner = RayRunner(config, workers=int(variant.split()[1]), concurrency=args.concurrency)
                     run = await measure(variant, runner, args.episodes, server)

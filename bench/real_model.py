@@ -21,11 +21,11 @@ import urllib.request
 from dataclasses import replace
 from typing import Any
 
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.engine import run_episode
 from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.context import EpisodeConfig
 from sparring.graphs.episode import build_graph
 from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
 
 CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
 
@@ -42,7 +42,7 @@ def prefix_cache_counters(root_url: str) -> dict[str, float]:
     return totals
 
 
-async def play_mode(graph: Any, config: EpisodeConfig, episodes: int, root_url: str) -> list[dict[str, Any]]:
+async def play_mode(graph: Any, config: EpisodeSettings, episodes: int, root_url: str) -> list[dict[str, Any]]:
     """One warm-up episode, then `episodes` measured ones; each row gets our CPU time."""
     await run_episode(graph, {}, config, env="tictactoe")
     before = prefix_cache_counters(root_url)
@@ -104,7 +104,7 @@ async def main() -> None:
         base_url, model, tokenizer = local["base_url"], local["model"], args.tokenizer or local["model_path"]
     deps = EpisodeDeps(TicTacToe())
     graph = build_graph(deps.env, deps)
-    config = EpisodeConfig(
+    config = EpisodeSettings(
         **deps.env.settings,
         policy_base_urls=[base_url],
         user_base_urls=[base_url],

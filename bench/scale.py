@@ -1,7 +1,7 @@
 """Thousands of concurrent tic-tac-toe episodes in one process, against a scripted server with fixed latency.
 
 Each latency runs in a fresh child process (so peak RSS is that run's own): `--episodes` episodes
-all started at once through the batch runner (`sparring.rollouts.batch.BatchRunner`, concurrency =
+all started at once through the batch runner (`sparring.engine.batch.BatchRunner`, concurrency =
 episodes), against `FakeModelProcess(latency_s=L)` in another process, where every model reply
 waits L seconds and costs the server almost no CPU.
 
@@ -32,9 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparring.graphs.context import EpisodeConfig
-from sparring.rollouts.batch import BatchItem, BatchRunner
-from sparring.rollouts.gc_tuning import tune_gc_for_rollouts
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.batch import BatchItem, BatchRunner
+from sparring.engine.engine import Engine
+from sparring.engine.gc_tuning import tune_gc_for_rollouts
 from sparring.testing import FakeModelProcess
 
 CALLS_PER_EPISODE = 10
@@ -70,14 +71,14 @@ async def one_run(episodes: int, latency: float, timeout_s: float) -> dict[str, 
     """All episodes at once; what it took, against the ideal."""
     fd_limit = raise_fd_limit()
     with FakeModelProcess("tictactoe", latency_s=latency) as server:
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             policy_base_urls=[server.base_url],
             user_base_urls=[server.base_url],
             user_tool_choice="required",
             max_connections=episodes,
             request_timeout_s=max(60.0, 6 * latency),
         )
-        runner = BatchRunner(config, concurrency=episodes)
+        runner = BatchRunner(Engine(config), concurrency=episodes)
         items = [BatchItem(task_index=i, repeat_index=0, task={}, env="tictactoe") for i in range(episodes)]
         runner.graph_for("tictactoe")
         tune_gc_for_rollouts()

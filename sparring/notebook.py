@@ -12,20 +12,19 @@ researcher's machine against real models:
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sparring.graphs.context import EpisodeConfig
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.settings import default_settings, resolve_settings
 from sparring.models.tito import FAKE_TOKENIZER_PREFIX
-from sparring.options import add_episode_options, default_config, episode_config
-from sparring.rollouts.html import rollout_page
-from sparring.rollouts.show import token_decoder
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import tictactoe_players
+from sparring.views.html import rollout_page
+from sparring.views.show import token_decoder
 
 MODEL_VARIABLE = "SPARRING_NOTEBOOK_MODEL"
 """`real` runs the notebooks on real model servers; anything else (or unset) on the scripted one."""
@@ -40,17 +39,17 @@ def wants_real_model() -> bool:
 class NotebookModels:
     """The settings a notebook runs episodes with, and the scripted server behind them (None when real)."""
 
-    config: EpisodeConfig
+    settings: EpisodeSettings
     server: FakeModelServer | None
 
     @property
     def description(self) -> str:
         """One line saying which servers the episodes go to."""
         kind = "scripted model server" if self.server else "real model servers"
-        mode = "" if self.server else f", token mode {self.config.token_mode}"
+        mode = "" if self.server else f", token mode {self.settings.token_mode}"
         return (
-            f"{kind}: policy {self.config.policy_model} at {', '.join(self.config.policy_base_urls)}, "
-            f"user {self.config.user_model} at {', '.join(self.config.user_base_urls)}{mode}"
+            f"{kind}: policy {self.settings.policy_model} at {', '.join(self.settings.policy_base_urls)}, "
+            f"user {self.settings.user_model} at {', '.join(self.settings.user_base_urls)}{mode}"
         )
 
     async def close(self) -> None:
@@ -66,14 +65,12 @@ async def open_models(env_name: str, responders: Mapping[str, Any] | None = None
     the policy's responder.
     """
     if wants_real_model():
-        parser = argparse.ArgumentParser()
-        add_episode_options(parser)
-        return NotebookModels(episode_config(parser.parse_args([]), env_name), None)
+        return NotebookModels(resolve_settings(env_name), None)
     scripted = dict(responders or tictactoe_players())
     server = FakeModelServer(scripted, fallback="policy" if "policy" in scripted else None)
     await server.start()
     config = replace(
-        default_config(env_name),
+        default_settings(env_name),
         policy_base_urls=[server.base_url],
         user_base_urls=[server.base_url],
         request_timeout_s=30.0,
@@ -82,7 +79,7 @@ async def open_models(env_name: str, responders: Mapping[str, Any] | None = None
     return NotebookModels(config, server)
 
 
-def rollout_frame(record: Mapping[str, Any], config: EpisodeConfig, height: int = 720) -> str:
+def rollout_frame(record: Mapping[str, Any], config: EpisodeSettings, height: int = 720) -> str:
     """The page `sparring show --html` writes for this record, framed so its styles stay out of the notebook.
 
     Token text is decoded with the policy's tokenizer (`config.policy_tokenizer`) for display only; without

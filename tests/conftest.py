@@ -9,28 +9,25 @@ from typing import Any
 
 import pytest
 
-from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.ledger import check_invariants
-from sparring.rollouts.runner import run_episode
+from sparring import Engine, EpisodeSettings
+from sparring.core.ledger import check_invariants
 from sparring.testing import FakeModelServer
 
 
 class Harness:
-    """One scripted server plus one graph; `play` runs an episode and checks the ledger contract."""
+    """One scripted server plus one engine; `play` runs an episode and checks the ledger contract."""
 
-    def __init__(self, server: FakeModelServer, deps: EpisodeDeps, config: EpisodeConfig) -> None:
+    def __init__(self, server: FakeModelServer, engine: Engine, config: EpisodeSettings) -> None:
         self.server = server
-        self.deps = deps
-        self.graph = build_graph(deps.env, deps)
+        self.engine = engine
+        self.deps = engine.deps("tictactoe")
+        self.graph = engine.graph("tictactoe")
         self.config = config
 
     async def play(self, task: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
         """One episode; every record's ledger is checked against what the server sent."""
         config = replace(self.config, **settings)
-        record = await run_episode(self.graph, task or {}, config, env=self.deps.env.name)
+        record = await self.engine.play(task or {}, settings=config)
         assert_ledger_matches_server(record, self.requests("policy", record["id"]))
         return record
 
@@ -62,17 +59,17 @@ def make_harness() -> Callable[..., Any]:
         responders: Mapping[str, Any], *, template: str = "chatml", max_model_len: int = 32768, **settings: Any
     ) -> AsyncIterator[Harness]:
         async with FakeModelServer(responders, template=template, max_model_len=max_model_len) as server:
-            config = EpisodeConfig(
+            config = EpisodeSettings(
                 policy_base_urls=[server.base_url],
                 user_base_urls=[server.base_url],
                 user_tool_choice="required",
                 request_timeout_s=5.0,
                 **settings,
             )
-            deps = EpisodeDeps(TicTacToe())
+            engine = Engine(config)
             try:
-                yield Harness(server, deps, config)
+                yield Harness(server, engine, config)
             finally:
-                await deps.clients.aclose()
+                await engine.aclose()
 
     return factory

@@ -9,10 +9,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from sparring.core.ledger import check_invariants
+from sparring.core.settings import EpisodeSettings
 from sparring.gateway.app import build_gateway, create_app
 from sparring.gateway.sessions import Gateway
-from sparring.graphs.context import EpisodeConfig
-from sparring.rollouts.ledger import check_invariants
 from sparring.server.background import BackgroundServer
 
 
@@ -35,7 +35,7 @@ def running_gateway(
     **settings: Any,
 ) -> Iterator[RunningGateway]:
     """`with running_gateway([fake.base_url]) as gw:` serves a gateway in front of those replicas."""
-    config = EpisodeConfig(policy_base_urls=base_urls, **{"request_timeout_s": 5.0, **settings})
+    config = EpisodeSettings(policy_base_urls=base_urls, **{"request_timeout_s": 5.0, **settings})
     registry = CollectorRegistry()
     gateway = build_gateway(config, idle_timeout_s=idle_timeout_s, output=output, registry=registry)
     app = create_app(gateway, api_key=api_key, registry=registry)

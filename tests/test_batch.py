@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
-from sparring.graphs.context import EpisodeConfig
-from sparring.rollouts.batch import BatchItem, BatchRunner
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.batch import BatchItem, BatchRunner
+from sparring.engine.engine import Engine
 from sparring.testing import FakeModelServer, Hang
 from sparring.testing.responders import tictactoe_players
 
 
-def config_for(server: FakeModelServer, **settings: object) -> EpisodeConfig:
-    return EpisodeConfig(
+def config_for(server: FakeModelServer, **settings: object) -> EpisodeSettings:
+    return EpisodeSettings(
         policy_base_urls=[server.base_url],
         user_base_urls=[server.base_url],
         user_tool_choice="required",
@@ -35,7 +36,7 @@ async def test_every_item_yields_one_record_and_items_are_pulled_only_as_workers
             yield item
 
     async with FakeModelServer(tictactoe_players(), record=False) as server:
-        runner = BatchRunner(config_for(server), concurrency=3)
+        runner = BatchRunner(Engine(config_for(server)), concurrency=3)
         records = []
         most_ahead = 0
         try:
@@ -50,8 +51,8 @@ async def test_every_item_yields_one_record_and_items_are_pulled_only_as_workers
     assert len({r["id"] for r in records}) == 12
     assert most_ahead <= 2 * 3, "items taken beyond the workers plus the bounded buffer of unread records"
     assert runner.started == runner.finished == 12 and runner.in_flight == 0
-    assert runner.replica_stats()["policy"][server.base_url]["episodes"] == 12
-    assert runner.latency()["user"].count > 0
+    assert runner.stats().replicas["policy"][server.base_url]["episodes"] == 12
+    assert runner.stats().latency["user"].count > 0
 
 
 async def test_async_item_source_and_unknown_env_is_one_aborted_record() -> None:
@@ -61,7 +62,7 @@ async def test_async_item_source_and_unknown_env_is_one_aborted_record() -> None
         yield BatchItem(2, 0, {}, "tictactoe")
 
     async with FakeModelServer(tictactoe_players(), record=False) as server:
-        runner = BatchRunner(config_for(server), concurrency=2)
+        runner = BatchRunner(Engine(config_for(server)), concurrency=2)
         try:
             records = {r["task_index"]: r async for r in runner.run(source())}
         finally:
@@ -73,7 +74,7 @@ async def test_async_item_source_and_unknown_env_is_one_aborted_record() -> None
 
 async def test_stop_takes_no_new_items_and_interrupts_in_flight_episodes_after_the_grace_period() -> None:
     async with FakeModelServer({"policy": Hang(60), "user": Hang(60)}, record=False) as server:
-        runner = BatchRunner(config_for(server), concurrency=2)
+        runner = BatchRunner(Engine(config_for(server)), concurrency=2)
         records = []
         try:
             async for record in _stop_soon(runner, runner.run(iter(items(10))), grace_s=0.2):
@@ -87,7 +88,7 @@ async def test_stop_takes_no_new_items_and_interrupts_in_flight_episodes_after_t
 
 async def test_a_reader_that_goes_away_cancels_every_in_flight_episode() -> None:
     async with FakeModelServer({"policy": Hang(60), "user": Hang(60)}, record=False) as server:
-        runner = BatchRunner(config_for(server), concurrency=4)
+        runner = BatchRunner(Engine(config_for(server)), concurrency=4)
         tasks_before = asyncio.all_tasks()
         stream = runner.run(iter(items(10)))
         reader = asyncio.create_task(anext(stream))

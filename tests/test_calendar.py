@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
+from sparring.core.settings import EpisodeSettings
+from sparring.core.task import parse_task
+from sparring.engine.engine import Engine
 from sparring.envs.calendar import Calendar
 from sparring.envs.calendar.env import DEFAULT_SEED, SeedError
 from sparring.envs.calendar.generator import generate_tasks
 from sparring.envs.calendar.scoring import TimeFormatError, find_calendar, grade_events, grade_text, minutes
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import calendar_players
 
@@ -301,22 +299,22 @@ def test_the_generator_is_seeded() -> None:
 @asynccontextmanager
 async def calendar_episodes(shift: int = 0) -> AsyncIterator[Any]:
     async with FakeModelServer(calendar_players(shift)) as models:
-        deps = EpisodeDeps(Calendar())
-        graph = build_graph(deps.env, deps)
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             policy_base_urls=[models.base_url],
             user_base_urls=[models.base_url],
             request_timeout_s=5.0,
             **Calendar.settings,
         )
 
+        engine = Engine(config, env="calendar")
+
         async def play(task: dict[str, Any]) -> dict[str, Any]:
-            return await run_episode(graph, parse_task(task), config, env="calendar")
+            return await engine.play(parse_task(task))
 
         try:
             yield play
         finally:
-            await deps.aclose()
+            await engine.aclose()
 
 
 async def test_scripted_printed_episode_reaches_reward_one_and_a_shifted_calendar_zero() -> None:

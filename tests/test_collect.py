@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from sparring.cli import make_parser
-from sparring.options import UsageError
-from sparring.rollouts.collect import collect
-from sparring.rollouts.output import failures_path, metrics_path
-from sparring.rollouts.tasks import TaskError, parse_task
+from sparring.cli.collect import collect_command
+from sparring.cli.options import UsageError
+from sparring.core.task import TaskError, parse_task
+from sparring.engine.output import failures_path, metrics_path
 from sparring.testing import Fail, FakeModelServer, Hang
 from sparring.testing.responders import ModelRequest, tictactoe_players
 
@@ -46,7 +46,7 @@ def endpoint_args(*urls: str) -> list[str]:
 
 
 async def run_collect(*argv: str) -> int:
-    return await collect(make_parser().parse_args(["collect", *argv]))
+    return await collect_command(make_parser().parse_args(["collect", *argv]))
 
 
 def slow_players(delay_s: float) -> dict[str, Any]:

@@ -271,21 +271,16 @@ async def test_tito_parses_bare_json_calls_and_reports_bad_ones(make_harness) ->
 
 
 async def test_replicas_are_sticky_per_episode_and_the_session_header_is_sent() -> None:
-    from sparring.envs.tictactoe import TicTacToe
-    from sparring.graphs.context import EpisodeConfig
-    from sparring.graphs.episode import build_graph
-    from sparring.nodes.deps import EpisodeDeps
-    from sparring.rollouts.runner import run_episode
+    from sparring import Engine, EpisodeSettings
 
     players = {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(players) as a, FakeModelServer(players) as b:
-        deps = EpisodeDeps(TicTacToe())
-        graph = build_graph(deps.env, deps)
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             policy_base_urls=[a.base_url, b.base_url], user_base_urls=[a.base_url], user_tool_choice="required"
         )
-        records = await asyncio.gather(*(run_episode(graph, {}, config, env="tictactoe") for _ in range(12)))
-        await deps.clients.aclose()
+        engine = Engine(config)
+        records = await asyncio.gather(*(engine.play({}) for _ in range(12)))
+        await engine.aclose()
     for record in records:
         assert record["reward"] == 1.0
         hits = [

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparring.cli import main, make_parser
-from sparring.rollouts.collect import collect
-from sparring.rollouts.export import export
+from sparring.cli.collect import collect_command
+from sparring.engine.export import export
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import tictactoe_players
 
@@ -63,7 +63,7 @@ async def test_round_trip_every_parquet_row_equals_its_records_ledger_segment(tm
     async with FakeModelServer(tictactoe_players(), record=False) as server:
         argv = ["collect", "--input", str(tasks), "--output", str(out), "--repeats", "2", "--quiet"]
         argv += ["--policy-base-url", server.base_url, "--user-base-url", server.base_url]
-        assert await collect(make_parser().parse_args(argv)) == 0
+        assert await collect_command(make_parser().parse_args(argv)) == 0
     stats = export(out, tmp_path / "train.parquet")
     table = pq.read_table(tmp_path / "train.parquet").to_pylist()
     by_id = {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}

@@ -547,15 +547,17 @@ async def test_bad_requests_unknown_404_ended_409_malformed_422_and_auth() -> No
 async def test_the_same_routes_mounted_in_the_rollout_service_behind_its_auth() -> None:
     from prometheus_client import CollectorRegistry
 
+    from sparring.core.settings import EpisodeSettings
     from sparring.gateway.app import build_gateway
     from sparring.gateway.routes import gateway_router
-    from sparring.graphs.context import EpisodeConfig
     from sparring.server.app import create_app
     from sparring.server.background import BackgroundServer
     from sparring.server.settings import ServerSettings
 
     async with FakeModelServer({"policy": Say("served"), "user": Say("hi")}) as fake:
-        config = EpisodeConfig(policy_base_urls=[fake.base_url], user_base_urls=[fake.base_url], request_timeout_s=5.0)
+        config = EpisodeSettings(
+            policy_base_urls=[fake.base_url], user_base_urls=[fake.base_url], request_timeout_s=5.0
+        )
         registry = CollectorRegistry()
         gateway = build_gateway(config, registry=registry)
         app = create_app(

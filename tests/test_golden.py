@@ -162,7 +162,7 @@ async def test_studio_graph_records_match_the_golden_file() -> None:
     if WRITE:
         pytest.skip("writing the golden file")
     graphs = json.loads((REPO / "langgraph.json").read_text())["graphs"]
-    from sparring.rollouts.record import build_record
+    from sparring.core.record import build_record
 
     got = {}
     for case, preset, env, task, flags in CASES:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from sparring.engine.metrics import compute_metrics, pass_at
 from sparring.models.latency import LatencyHistogram
-from sparring.rollouts.metrics import compute_metrics, pass_at
 
 
 def record(task_index: int | None, reward: float | None, *, status: str = "completed", **extra: Any) -> dict[str, Any]:

@@ -11,13 +11,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
+from sparring import Engine
 from sparring.notebook import open_models, rollout_frame, wants_real_model
-from sparring.rollouts.html import rollout_page
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.show import token_decoder
+from sparring.views.html import rollout_page
+from sparring.views.show import token_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -93,27 +90,27 @@ async def test_real_endpoints_come_from_the_variables_like_sparring_run(monkeypa
     monkeypatch.setenv("SPARRING_USER_MODEL", "simulated")
     models = await open_models("tictactoe")
     assert models.server is None
-    assert models.config.policy_base_urls == ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"]
-    assert (models.config.user_base_urls, models.config.user_model) == (["http://127.0.0.1:11/v1"], "simulated")
-    assert models.config.max_steps_per_turn == 3  # the environment's own settings still apply
+    assert models.settings.policy_base_urls == ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"]
+    assert (models.settings.user_base_urls, models.settings.user_model) == (["http://127.0.0.1:11/v1"], "simulated")
+    assert models.settings.max_steps_per_turn == 3  # the environment's own settings still apply
 
 
 async def test_the_scripted_server_runs_in_tito_mode_and_the_page_shows_its_tokens() -> None:
     """The rollout frame is `sparring show --html`'s page, escaped into an iframe, with token text decoded."""
     models = await open_models("tictactoe")
     try:
-        assert models.server is not None and models.config.policy_tokenizer == "sparring-fake:chatml"
+        assert models.server is not None and models.settings.policy_tokenizer == "sparring-fake:chatml"
         assert "scripted model server" in models.description
-        deps = EpisodeDeps(TicTacToe())
+        engine = Engine(models.settings)
         try:
-            record = await run_episode(build_graph(deps.env, deps), {}, models.config, env="tictactoe")
+            record = await engine.play({})
         finally:
-            await deps.clients.aclose()
+            await engine.aclose()
     finally:
         await models.close()
     assert record["status"] == "completed" and len(record["trajectory"]["segments"]) == 1
-    frame = rollout_frame(record, models.config)
+    frame = rollout_frame(record, models.settings)
     assert frame.startswith('<div><iframe srcdoc="&lt;!DOCTYPE html&gt;')
     page = html.unescape(frame.split('srcdoc="', 1)[1].split('" title=', 1)[0])
-    assert page == rollout_page(record, token_decoder(models.config.policy_tokenizer))
+    assert page == rollout_page(record, token_decoder(models.settings.policy_tokenizer))
     assert page.count('class="t m1"') == sum(record["trajectory"]["segments"][0]["loss_mask"])

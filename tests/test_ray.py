@@ -20,9 +20,12 @@ import orjson
 import pytest
 
 from sparring.cli import make_parser
-from sparring.options import UsageError, default_config
-from sparring.rollouts.batch import BatchItem, BatchRunner
-from sparring.rollouts.ray_runner import RayRunner, make_runner
+from sparring.cli.collect import spec_from_args
+from sparring.core.errors import UsageError
+from sparring.engine.batch import BatchItem, BatchRunner
+from sparring.engine.collect import make_runner
+from sparring.engine.ray_runner import RayRunner
+from sparring.engine.settings import default_settings
 from sparring.testing import FakeModelServer, ModelRequest
 from sparring.testing.responders import tictactoe_players
 
@@ -112,7 +115,7 @@ def slow_players() -> dict[str, Any]:
 async def test_a_killed_worker_loses_only_its_in_flight_episodes(local_ray: Any) -> None:
     async with FakeModelServer(slow_players(), record=False) as server:
         config = replace(
-            default_config("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
+            default_settings("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
         )
         runner = RayRunner(config, workers=2, concurrency=4)
         items = [BatchItem(task, repeat, {}, "tictactoe") for task in range(15) for repeat in range(2)]
@@ -134,18 +137,18 @@ async def test_a_killed_worker_loses_only_its_in_flight_episodes(local_ray: Any)
     assert runner.reruns > 0  # the dead worker held episodes, and they ran again
     assert seen == Counter({(item.task_index, item.repeat_index): 1 for item in items})  # each exactly once
     assert {(r["status"], r["stop_reason"], r["reward"]) for r in records} == {("completed", "env_done", 1.0)}
-    assert runner.latency()["policy"].count > 0
-    assert sum(c["episodes"] for c in runner.replica_stats()["policy"].values()) >= len(items) - runner.reruns
+    assert runner.stats().latency["policy"].count > 0
+    assert sum(c["episodes"] for c in runner.stats().replicas["policy"].values()) >= len(items) - runner.reruns
 
 
 async def test_an_unknown_environment_fails_its_items_only(local_ray: Any) -> None:
     async with FakeModelServer(tictactoe_players(), record=False) as server:
         config = replace(
-            default_config("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
+            default_settings("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
         )
 
         def config_for(name: str) -> Any:
-            return default_config(name) if name != "tictactoe" else config
+            return default_settings(name) if name != "tictactoe" else config
 
         runner = RayRunner(config_for, workers=1, concurrency=2)
         items = [BatchItem(0, 0, {}, "tictactoe"), BatchItem(1, 0, {}, "no-such-env"), BatchItem(2, 0, {}, "tictactoe")]
@@ -167,7 +170,7 @@ async def test_stop_ends_running_episodes_as_interrupted_records_and_starts_noth
 
     async with FakeModelServer({"policy": slow_policy, "user": players["user"]}, record=False) as server:
         config = replace(
-            default_config("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
+            default_settings("tictactoe"), policy_base_urls=[server.base_url], user_base_urls=[server.base_url]
         )
         runner = RayRunner(config, workers=2, concurrency=2)
         items = [BatchItem(task, 0, {}, "tictactoe") for task in range(40)]
@@ -190,7 +193,8 @@ def test_address_and_workers_go_with_ray() -> None:
     argv = ["collect", "--input", "tasks.jsonl", "--output", "out.jsonl", "--policy-base-url", "http://127.0.0.1:9/v1"]
     for extra in (["--workers", "3"], ["--address", "auto"]):
         with pytest.raises(UsageError, match="go with --ray"):
-            make_runner(make_parser().parse_args([*argv, *extra]), default_config)
-    assert isinstance(make_runner(make_parser().parse_args(argv), default_config), BatchRunner)
-    ray_runner = make_runner(make_parser().parse_args([*argv, "--ray", "--workers", "3"]), default_config)
+            make_runner(spec_from_args(make_parser().parse_args([*argv, *extra])), default_settings)
+    assert isinstance(make_runner(spec_from_args(make_parser().parse_args(argv)), default_settings), BatchRunner)
+    spec = spec_from_args(make_parser().parse_args([*argv, "--ray", "--workers", "3"]))
+    ray_runner = make_runner(spec, default_settings)
     assert isinstance(ray_runner, RayRunner) and (ray_runner.workers, ray_runner.concurrency) == (3, 8)

@@ -20,12 +20,10 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from sparring.envs.remote import Remote, RemoteSeedError, nemo_gym_response
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
+from sparring import Engine, EpisodeSettings
+from sparring.core.errors import SeedError
+from sparring.core.task import parse_task
+from sparring.envs.remote import Remote, nemo_gym_response
 from sparring.testing import Call, FakeModelServer, Say, Script
 
 COOKIE = "counter_session"
@@ -138,23 +136,22 @@ async def episodes(policy: Any, *, env_url: str | None) -> AsyncIterator[Any]:
     """`play(task)` runs one remote episode against the scripted model server."""
     user = Script([Say("###STOP###")])
     async with FakeModelServer({"policy": policy, "user": user}) as models:
-        deps = EpisodeDeps(Remote())
-        graph = build_graph(deps.env, deps)
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             policy_base_urls=[models.base_url],
             user_base_urls=[models.base_url],
             request_timeout_s=5.0,
             env_url=env_url,
-            **deps.env.settings,
+            **Remote.settings,
         )
+        engine = Engine(config, env="remote")
 
         async def play(task: dict[str, Any]) -> dict[str, Any]:
-            return await run_episode(graph, parse_task(task), config, env="remote")
+            return await engine.play(parse_task(task))
 
         try:
             yield play
         finally:
-            await deps.aclose()
+            await engine.aclose()
 
 
 async def test_a_nemo_gym_row_plays_through_the_graph_and_the_server_scores_it(counter) -> None:
@@ -239,7 +236,7 @@ async def test_no_server_unreachable_server_and_bad_tools_end_the_episode_with_a
 
 
 async def test_seed_requires_the_conversation() -> None:
-    with pytest.raises(RemoteSeedError, match="messages"):
+    with pytest.raises(SeedError, match="messages"):
         await Remote().seed({"env_url": "http://127.0.0.1:9", "messages": []})
 
 

@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI
 
 from sparring.cli import make_parser
-from sparring.options import episode_config
-from sparring.rollouts.ledger import check_invariants
+from sparring.cli.options import settings_from_args
+from sparring.core.ledger import check_invariants
 from sparring.server.app import create_app
 from sparring.server.background import BackgroundServer
 from sparring.server.settings import ServerSettings
@@ -75,7 +75,7 @@ async def serving(responders: Mapping[str, Any] | None = None, **settings: Any) 
     responders = responders or {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(responders) as models:
         args = cli_args(models.base_url, "--timeout", "60")
-        app = create_app(ServerSettings(**settings), lambda env: episode_config(args, env))
+        app = create_app(ServerSettings(**settings), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             yield Served(server.base_url, app, models)
 
@@ -113,7 +113,7 @@ async def test_the_service_writes_the_same_record_as_the_cli() -> None:
     from_cli = json.loads(run.stdout.splitlines()[-1])
     with FakeModelProcess() as models:
         args = cli_args(models.base_url)
-        app = create_app(ServerSettings(), lambda env: episode_config(args, env))
+        app = create_app(ServerSettings(), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
                 response = await client.post("/v1/rollouts", json={"task": task})
@@ -293,7 +293,7 @@ async def test_readiness_names_the_endpoint_that_does_not_answer() -> None:
     async with FakeModelServer({"policy": TicTacToePlayer(X_PREFERENCE)}) as models:
         dead = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
         args = make_parser().parse_args(["serve", "--policy-base-url", models.base_url, "--user-base-url", dead])
-        app = create_app(ServerSettings(), lambda env: episode_config(args, env))
+        app = create_app(ServerSettings(), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             async with httpx.AsyncClient(base_url=server.base_url) as client:
                 response = await client.get("/readyz")

@@ -14,7 +14,7 @@ from nemo_gym_schema import (
 )
 
 from sparring.cli import make_parser
-from sparring.options import episode_config
+from sparring.cli.options import settings_from_args
 from sparring.server.app import create_app
 from sparring.server.background import BackgroundServer
 from sparring.server.settings import ServerSettings
@@ -56,7 +56,7 @@ async def run_row(row: dict[str, Any], responders: dict[str, Any] | None = None)
         args = make_parser().parse_args(
             ["serve", "--policy-base-url", models.base_url, "--user-base-url", models.base_url]
         )
-        app = create_app(ServerSettings(), lambda env: episode_config(args, env))
+        app = create_app(ServerSettings(), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
                 return await client.post("/run", json=row), models.requests
@@ -139,7 +139,7 @@ async def test_aggregate_metrics_in_nemo_gym_shape() -> None:
         args = make_parser().parse_args(
             ["serve", "--policy-base-url", models.base_url, "--user-base-url", models.base_url]
         )
-        app = create_app(ServerSettings(), lambda env: episode_config(args, env))
+        app = create_app(ServerSettings(), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             async with httpx.AsyncClient(base_url=server.base_url) as client:
                 reply = await client.post("/aggregate_metrics", json={"verify_responses": responses})

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from sparring.cli import make_parser
-from sparring.options import episode_config
+from sparring.cli.options import settings_from_args
 from sparring.server.app import create_app
 from sparring.server.background import BackgroundServer
 from sparring.server.settings import ServerSettings
@@ -31,7 +31,7 @@ def api_schema() -> Iterator[schemathesis.BaseSchema]:
     with FakeModelProcess() as models:
         url = models.base_url
         args = make_parser().parse_args(["serve", "--policy-base-url", url, "--user-base-url", url])
-        app = create_app(BOUNDS, lambda env: episode_config(args, env))
+        app = create_app(BOUNDS, lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             yield schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
 

@@ -15,11 +15,11 @@ import orjson
 import pytest
 
 from sparring.cli import main
-from sparring.rollouts.html import rollout_page
-from sparring.rollouts.show import RecordError, load_record, token_decoder
 from sparring.testing import Call, Fail, Say, Script
 from sparring.testing.responders import tictactoe_players
 from sparring.testing.tokenizer import decode
+from sparring.views.html import rollout_page
+from sparring.views.show import RecordError, load_record, token_decoder
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from sparring.cli import main
-from sparring.rollouts.show import load_record
 from sparring.testing.responders import tictactoe_players
+from sparring.views.show import load_record
 
 CHROMIUM_FLAGS = (
     "--headless",

@@ -17,8 +17,8 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 import sparring.graphs.episode as episode
+from sparring.core.ledger import call_span, materialize
 from sparring.graphs.episode import build_graph
-from sparring.rollouts.ledger import call_span, materialize
 from sparring.testing import Call, Say, Script, TicTacToePlayer
 from sparring.testing.responders import O_PREFERENCE
 

@@ -20,18 +20,19 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 
-from sparring.envs.registry import ENVIRONMENTS
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import TaskRow
-from sparring.graphs.studio import graph_variable
-from sparring.rollouts.tasks import Task
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeInput
+from sparring.core.task import Task
+from sparring.envs.registry import environment_names
+from sparring.studio import graph_variable
 from sparring.testing import FakeModelProcess
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = {"LANGGRAPH_NO_VERSION_CHECK": "1", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
 LOOPBACK = ("--host", "127.0.0.1", "--port")
-EPISODE_NODES = {"seed", "policy", "policy_tools", "user", "user_tools", "verify"}
+EPISODE_NODES = {"seed", "policy", "policy_tools", "user", "user_tools", "handover", "verify"}
 
 
 def free_port() -> int:
@@ -139,19 +140,20 @@ async def run(api: httpx.AsyncClient, thread: str, body: dict[str, Any]) -> dict
 
 def test_langgraph_json_serves_every_registered_environment() -> None:
     graphs = json.loads((REPO / "langgraph.json").read_text())["graphs"]
-    expected = {graph_variable(name): f"sparring.graphs.studio:{graph_variable(name)}" for name in ENVIRONMENTS}
+    expected = {graph_variable(name): f"sparring.studio:{graph_variable(name)}" for name in environment_names()}
     assert {name: spec["path"] for name, spec in graphs.items()} == expected, (
         "langgraph.json must list one graph per environment in sparring/envs/registry.py"
     )
 
 
-def test_the_input_form_lists_every_task_field() -> None:
-    assert set(TaskRow.__annotations__) == set(Task.model_fields)
+def test_the_input_form_is_the_task_model() -> None:
+    schema = TypeAdapter(EpisodeInput).json_schema()
+    assert set(schema["properties"]["task"]["properties"]) == set(Task.model_fields)
 
 
 async def test_assistants_show_the_graph_settings_and_task_form(api: httpx.AsyncClient) -> None:
     response = await api.post("/assistants/search", json={})
-    assert {a["graph_id"] for a in response.json()} == {graph_variable(name) for name in ENVIRONMENTS}
+    assert {a["graph_id"] for a in response.json()} == {graph_variable(name) for name in environment_names()}
     assistant = await tictactoe_assistant(api)
 
     graph = (await api.get(f"/assistants/{assistant['assistant_id']}/graph")).json()
@@ -160,11 +162,11 @@ async def test_assistants_show_the_graph_settings_and_task_form(api: httpx.Async
 
     schemas = (await api.get(f"/assistants/{assistant['assistant_id']}/schemas")).json()
     form = schemas["context_schema"]["properties"]
-    assert set(form) == {f.name for f in fields(EpisodeConfig)}
+    assert set(form) == {f.name for f in fields(EpisodeSettings)}
     assert all(spec.get("description") and "default" in spec for spec in form.values()), "every setting: default + help"
     assert form["user_tool_choice"]["default"] == "required", "tictactoe's own settings are the defaults"
     assert form["max_steps_per_turn"]["default"] == 3
-    task_form = schemas["input_schema"]["$defs"]["TaskRow"]["properties"]
+    task_form = schemas["input_schema"]["properties"]["task"]["properties"]
     assert {"messages", "env_seed", "user_persona", "limits"} <= set(task_form)
     assert all(spec.get("description") for spec in task_form.values())
     state = schemas["state_schema"]["properties"]

@@ -12,14 +12,12 @@ import orjson
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
+from sparring.core.settings import EpisodeSettings
+from sparring.core.task import parse_task
+from sparring.engine.engine import Engine
 from sparring.envs.support_desk import SupportDesk, shipped_tasks, task_rows
 from sparring.envs.support_desk.env import SeedError, resolve_task, rule_breaks
 from sparring.envs.support_desk.world import TOOL_SPECS, TOOLS, DeskError, db_hash, load_world
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
 from sparring.testing import Call, FakeModelProcess, FakeModelServer, Say, Script
 from sparring.testing.responders import support_desk_players
 
@@ -378,25 +376,26 @@ def test_rule_breaks_lists_changes_without_a_fresh_yes() -> None:
 async def desk() -> AsyncIterator[Any]:
     """`await play(responders, task_id)`: one episode of the desk against a scripted server."""
     servers: list[FakeModelServer] = []
-    deps = EpisodeDeps(SupportDesk())
-    graph = build_graph(deps.env, deps)
+    engines: list[Engine] = []
 
     async def play(responders: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
         server = FakeModelServer(responders)
         await server.__aenter__()
         servers.append(server)
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             **ENV.settings,
             policy_base_urls=[server.base_url],
             user_base_urls=[server.base_url],
             request_timeout_s=5.0,
         )
-        return await run_episode(graph, task, config, env="support-desk")
+        engines.append(Engine(config, env="support-desk"))
+        return await engines[-1].play(task)
 
     try:
         yield play
     finally:
-        await deps.clients.aclose()
+        for engine in engines:
+            await engine.aclose()
         for server in servers:
             await server.__aexit__(None, None, None)
 

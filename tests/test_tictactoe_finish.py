@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
+from sparring.core.task import parse_task
 from sparring.envs.tictactoe import SeedError, TicTacToe
-from sparring.rollouts.tasks import parse_task
 from sparring.testing import Call, Say, Script, TicTacToePlayer
 from sparring.testing.responders import O_PREFERENCE, X_PREFERENCE
 from sparring.tools.constraints import tool_call_constraint

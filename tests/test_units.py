@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sparring.core.ledger import LedgerEntry, check_invariants, ledger_entry, materialize, segment_ids
+from sparring.core.task import TaskError, parse_task, read_tasks, task_at
 from sparring.envs.tictactoe import MAKE_MOVE, SeedError, TicTacToe
 from sparring.models.client import _error_message
 from sparring.models.replicas import ReplicaSet
-from sparring.rollouts.ledger import LedgerEntry, check_invariants, ledger_entry, materialize, segment_ids
-from sparring.rollouts.tasks import TaskError, parse_task, read_tasks, task_at
 from sparring.tools.parsing import parse_reply
 from sparring.tools.validation import ToolArgumentError, parse_arguments
 

@@ -10,14 +10,12 @@ from typing import Any
 
 import orjson
 
+from sparring.core.settings import EpisodeSettings
+from sparring.core.task import parse_task
+from sparring.engine.engine import Engine
+from sparring.engine.verify import rescore_lines
 from sparring.envs.calendar import Calendar
 from sparring.envs.calendar.generator import generate_tasks
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.rescore import rescore_lines
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import calendar_players
 
@@ -124,16 +122,12 @@ def test_bad_rows_are_reported_with_their_line_and_the_others_scored(tmp_path: P
 async def test_sparring_records_rescore_to_their_own_reward_given_their_tasks(tmp_path: Path) -> None:
     tasks = [*generate_tasks(2, 3, tools=True), *generate_tasks(1, 4)]
     async with FakeModelServer(calendar_players()) as models:
-        deps = EpisodeDeps(Calendar())
-        graph = build_graph(deps.env, deps)
-        config = EpisodeConfig(
+        config = EpisodeSettings(
             policy_base_urls=[models.base_url], user_base_urls=[models.base_url], **Calendar.settings
         )
-        records = [
-            await run_episode(graph, parse_task(task), config, env="calendar", task_index=i)
-            for i, task in enumerate(tasks)
-        ]
-        await deps.aclose()
+        engine = Engine(config, env="calendar")
+        records = [await engine.play(parse_task(task), task_index=i) for i, task in enumerate(tasks)]
+        await engine.aclose()
     assert all(r["reward"] is not None for r in records)
     lines = [orjson.dumps(r) for r in records]
     by_index = {i: parse_task(t) for i, t in enumerate(tasks)}

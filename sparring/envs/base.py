@@ -1,27 +1,38 @@
-"""The one protocol every environment follows, in-process or remote.
+"""The one Environment base class: an environment writes only what it changes.
 
 An environment is stateless and shared by all episodes; each episode's state is a JSON-able value
 that the environment returns from `seed` and from every tool call, so the graph state (and Studio)
 always holds the truth and nothing hides in the environment object.
 
-Optional members extend the protocol without touching environments that don't need them:
-`episode_tools(state, actor)`, for environments whose tools come from the task (remote: the row's
-`tools`; calendar: tools switched on per task) or from the state (tictactoe: the user's free cells);
-`aclose()`, for environments that hold pooled resources (remote: its HTTP session); and
-`settle_user_turn(state)`, for environments that must finish what a user left undone before the
-policy acts (tictactoe: a user that could not move). Call them through `episode_tools_hook`,
-`close_environment` and `settle_user_turn_hook`.
+Only `name` and `verify` have no default. Everything else defaults to the plainest episode: no
+tools, no opening, no observations, the episode never ends by itself (the user or the limits end
+it), a turn ends when its actor replies in words. Override what differs:
+- `tools(actor)`, or `episode_tools(state, actor)` when the tools depend on the task or the state
+  (remote: the row's tools; calendar: tools switched on per task; tic-tac-toe: the user's free
+  cells). Return the same sequence object for the same tools (memoise it): the nodes cache the
+  tools' wire form by that object.
+- `settle_user_turn(state)` when the environment must finish what a user left undone before the
+  policy acts (tic-tac-toe: a user that could not move).
+- `aclose()` for resources pooled across episodes (remote: its HTTP session).
+- `follow_result(state, result)` when scoring a conversation that ran elsewhere (a NeMo Gym rollout,
+  an agent behind the gateway) must read more from a tool result than the replayed call gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 from sparring.tools.specs import ToolResult, ToolSpec
 
 Actor = Literal["policy", "user", "env"]
+
+DEFAULT_USER_PERSONA = (
+    "You are a user talking to an AI assistant. Ask for what you need in plain words, one thing at a time, "
+    "and answer its questions. When you are done, write ###STOP###."
+)
 
 
 @dataclass(slots=True)
@@ -33,68 +44,68 @@ class Verdict:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Environment(Protocol):
+class Environment:
     """Per-episode state plus tools for each actor, a seed, a done signal and a verify."""
 
-    name: str
-    settings: Mapping[str, Any]
-    """Run settings (EpisodeConfig fields) the environment is meant to be played with; explicit ones win."""
+    name: ClassVar[str]
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """Run settings (EpisodeSettings fields) the environment is meant to be played with; explicit ones win."""
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
         """The tools `actor` may call (empty for none)."""
-        ...
+        return ()
 
-    def default_messages(self) -> list[dict[str, str]]:
+    def episode_tools(self, state: Any, actor: Actor) -> Sequence[ToolSpec]:
+        """The tools `actor` may call in this episode, now; by default its fixed `tools`."""
+        return self.tools(actor)
+
+    def default_messages(self) -> list[dict[str, Any]]:
         """The policy's opening messages for a task that brings none."""
-        ...
+        return []
 
     def user_persona(self, task: dict[str, Any]) -> str:
-        """The simulated user's system prompt for this task."""
-        ...
+        """The simulated user's system prompt for this task: the task's own, else a generic user."""
+        return task.get("user_persona") or DEFAULT_USER_PERSONA
 
     async def seed(self, task: dict[str, Any]) -> Any:
-        """A fresh episode state from the task's seed data."""
-        ...
+        """A fresh episode state from the task's seed data; `SeedError` for a seed that cannot be played."""
+        return dict(task.get("env_seed") or {})
 
     def is_done(self, state: Any) -> bool:
-        """Whether the episode has reached its natural end."""
-        ...
+        """Whether the episode has reached its natural end (asked after every tool step)."""
+        return False
 
     def turn_over(self, state: Any, actor: Actor) -> bool:
         """Whether `actor` has finished its turn (e.g. it moved): the graph then hands over, steps left or not."""
-        ...
+        return False
 
     async def call_tool(self, state: Any, actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
-        """Run one tool call by `actor`; bad calls come back as `ToolResult(is_error=True)`."""
-        ...
+        """Run one tool call by `actor`; bad calls come back as `ToolResult(is_error=True)`, never raise."""
+        return ToolResult(content=f"Error: {actor} has no tool {name!r}", state=state, is_error=True)
 
     def observe(self, state: Any, actor: Actor) -> str | None:
-        """An observation for `actor` at the start of its turn (e.g. the board for the user), or None."""
-        ...
+        """An observation for `actor` at the start of its turn (e.g. the board), or None."""
+        return None
+
+    def settle_user_turn(self, state: Any) -> ToolResult | None:
+        """Called when the user's turn closes: None when there is nothing to settle, else the new state and a
+        note for the policy (e.g. a move played for a user that could not make one)."""
+        return None
+
+    def follow_result(self, state: Any, result: str) -> Any:
+        """Replaying a conversation someone else ran (scoring it): the state after a tool result its actor
+        saw, when the result shows more than the replayed call did (tic-tac-toe: the opponent's reply on
+        the board). Raise `ReplayError` for a result that cannot follow. Default: nothing more to follow."""
+        return state
 
     async def verify(self, state: Any, messages: Sequence[Any]) -> Verdict:
         """Score the final state."""
-        ...
+        raise NotImplementedError(f"environment {self.name!r} must define verify()")
 
+    async def aclose(self) -> None:
+        """Release what the environment pools across episodes (e.g. HTTP connections)."""
 
-def episode_tools_hook(env: Environment) -> Callable[[Any, Actor], Sequence[ToolSpec]] | None:
-    """The environment's `episode_tools(state, actor)` when its tools depend on the task, else None."""
-    return getattr(env, "episode_tools", None)
-
-
-async def close_environment(env: Environment) -> None:
-    """Release what the environment pools across episodes (e.g. HTTP connections), if anything."""
-    aclose = getattr(env, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def settle_user_turn_hook(env: Environment) -> Callable[[Any], ToolResult | None] | None:
-    """The environment's `settle_user_turn(state)`, else None.
-
-    Called when the user's turn closes and the policy's begins: it returns None when there is
-    nothing to settle, else the new state and a note for the policy (e.g. a move played for a user
-    that could not make one), so the policy is never handed a position where it cannot act.
-    """
-    return getattr(env, "settle_user_turn", None)
+    @classmethod
+    def tools_vary(cls) -> bool:
+        """Whether `episode_tools` is the environment's own (tools per episode), not the fixed `tools`."""
+        return cls.episode_tools is not Environment.episode_tools

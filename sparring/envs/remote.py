@@ -13,68 +13,66 @@ existing NeMo Gym environment runs through sparring's graph with no new code.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from sparring.envs.base import Actor, Verdict
-from sparring.models.wire import raw_tool_calls
+from sparring.core.errors import SeedError
+from sparring.core.messages import raw_tool_calls
+from sparring.envs.base import Actor, Environment, Verdict
+from sparring.models.transport import Transport
 from sparring.tools.specs import ToolResult, ToolSpec
 
 STOP_TOKEN = "###STOP###"
 USER_PERSONA = f"The assistant has finished your task. Reply with only {STOP_TOKEN}."
 RESERVED = frozenset({"seed_session", "verify", "close_session", "aggregate_metrics", "sandbox_access", "mcp"})
+MAX_TOOL_SETS = 1024
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class RemoteSeedError(ValueError):
-    """The task cannot start a remote episode (no server, bad tools, the server refused the seed)."""
 
 
 class RemoteServerError(RuntimeError):
     """The resources server failed (5xx, unreachable, not JSON where JSON is due): the episode aborts."""
 
 
-class Remote:
+class Remote(Environment):
     """A NeMo Gym-shaped resources server; the environment object only pools the HTTP connection."""
 
     name = "remote"
     # NeMo Gym's agent loop: one user request, as many tool calls as the policy needs, then its answer.
-    settings: Mapping[str, Any] = MappingProxyType(
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"max_turns": 1, "max_steps_per_turn": 8, "max_user_steps_per_turn": 1, "user_tool_choice": "none"}
     )
 
     def __init__(self, timeout_s: float = 60.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Tool calls change the server's state: a failed one is never sent again (no retries).
+        self._transport = Transport(timeout_s=timeout_s, max_retries=0, unavailable=RemoteServerError)
         self._specs: dict[bytes, tuple[ToolSpec, ...]] = {}
-
-    def tools(self, actor: Actor) -> Sequence[ToolSpec]:
-        """None before an episode: the tools come from each row."""
-        return ()
+        self._seen: dict[int, tuple[list[dict[str, Any]], tuple[ToolSpec, ...]]] = {}
 
     def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
         """The row's tools, for the policy only."""
         if actor != "policy" or not state or not state.get("tools"):
             return ()
-        key = orjson.dumps(state["tools"])
+        tools = state["tools"]
+        seen = self._seen.get(id(tools))  # the same list object across an episode's calls: no dump needed
+        if seen is not None and seen[0] is tools:
+            return seen[1]
+        key = orjson.dumps(tools)
         specs = self._specs.get(key)
         if specs is None:
-            specs = self._specs[key] = tuple(_spec(tool) for tool in state["tools"])
+            if len(self._specs) >= MAX_TOOL_SETS:
+                self._specs.clear()
+            specs = self._specs[key] = tuple(_spec(tool) for tool in tools)
+        if len(self._seen) >= MAX_TOOL_SETS:
+            self._seen.clear()
+        self._seen[id(tools)] = (tools, specs)
         return specs
-
-    def default_messages(self) -> list[dict[str, str]]:
-        """A remote task brings its own conversation (the row's input)."""
-        return []
 
     def user_persona(self, task: dict[str, Any]) -> str:
         """The row's request is already made: the simulated user only ends the episode."""
@@ -84,26 +82,18 @@ class Remote:
         """Post the row to `/seed_session` and keep the server, the session cookie, the row and its tools."""
         url = (task.get("env_url") or "").rstrip("/")
         if not url:
-            raise RemoteSeedError(
+            raise SeedError(
                 "env remote needs a resources server: pass --env-url URL, set SPARRING_ENV_URL, "
                 "or give the task an env_url"
             )
         if not task.get("messages"):
-            raise RemoteSeedError("messages: a remote task needs its conversation (responses_create_params.input)")
+            raise SeedError("messages: a remote task needs its conversation (responses_create_params.input)")
         row = nemo_gym_row(task)
         tools = [_wire_tool(tool, i) for i, tool in enumerate(row["responses_create_params"].get("tools") or [])]
         status, _, cookies = await self._post(url, "seed_session", row, {})
         if status >= 400:
-            raise RemoteSeedError(f"{url}/seed_session refused the row: HTTP {status}")
+            raise SeedError(f"{url}/seed_session refused the row: HTTP {status}")
         return {"url": url, "cookies": cookies, "tools": tools, "row": row, "input_len": len(task["messages"])}
-
-    def is_done(self, state: dict[str, Any]) -> bool:
-        """NeMo Gym's servers have no done signal: the policy's answer ends the episode."""
-        return False
-
-    def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
-        """The policy keeps calling tools until it answers in words."""
-        return False
 
     async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
         """`POST /{name}` with the arguments; the server's 4xx is the caller's mistake (a tool error), 5xx a failure."""
@@ -116,10 +106,6 @@ class Remote:
                 content=f"Error: HTTP {status}: {body.decode(errors='replace')}", state=new_state, is_error=True
             )
         return ToolResult(content=body.decode(errors="replace"), state=new_state)
-
-    def observe(self, state: dict[str, Any], actor: Actor) -> str | None:
-        """Everything the policy learns comes from tool results."""
-        return None
 
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """`POST /verify` with the row and the episode as NeMo Gym's response; the server's reward is ours."""
@@ -141,36 +127,14 @@ class Remote:
 
     async def aclose(self) -> None:
         """Close the pooled HTTP session (on the loop that opened it)."""
-        if self._session is not None and not self._session.closed and self._loop is asyncio.get_running_loop():
-            await self._session.close()
-        self._session = None
+        await self._transport.aclose()
 
     async def _post(
         self, url: str, path: str, payload: Any, cookies: dict[str, str]
     ) -> tuple[int, bytes, dict[str, str]]:
         """One POST; connection failures and 5xx raise, anything else returns (status, body, cookies after)."""
-        try:
-            async with self._http().post(
-                f"{url}/{path}",
-                data=orjson.dumps(payload),
-                headers={"Content-Type": "application/json"},
-                cookies=cookies,
-            ) as response:
-                body = await response.read()
-                updated = {**cookies, **{name: morsel.value for name, morsel in response.cookies.items()}}
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RemoteServerError(f"{url}/{path}: {type(exc).__name__}: {exc}") from exc
-        if response.status >= 500:
-            raise RemoteServerError(f"{url}/{path}: HTTP {response.status}: {body.decode(errors='replace')[:500]}")
-        return response.status, body, updated
-
-    def _http(self) -> aiohttp.ClientSession:
-        """The pooled session of the running loop, with no cookie jar: cookies travel per episode, explicitly."""
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
-            self._loop = loop
-        return self._session
+        reply = await self._transport.post(f"{url}/{path}", orjson.dumps(payload), cookies=cookies)
+        return reply.status, reply.body, reply.cookies
 
 
 def nemo_gym_row(task: dict[str, Any]) -> dict[str, Any]:
@@ -236,16 +200,16 @@ def _wire_tool(tool: Any, index: int) -> dict[str, Any]:
     """A row's tool in Responses form ({type, name, parameters, ...}); chat-completions form is accepted too."""
     where = f"responses_create_params.tools[{index}]"
     if not isinstance(tool, dict):
-        raise RemoteSeedError(f"{where}: must be an object, got {tool!r}")
+        raise SeedError(f"{where}: must be an object, got {tool!r}")
     flat = {**tool, **tool["function"]} if isinstance(tool.get("function"), dict) else dict(tool)
     flat.pop("function", None)
     name = flat.get("name")
     if not isinstance(name, str) or not TOOL_NAME.match(name):
-        raise RemoteSeedError(f"{where}.name: must be letters, digits, '_' or '-', got {name!r}")
+        raise SeedError(f"{where}.name: must be letters, digits, '_' or '-', got {name!r}")
     if name in RESERVED:
-        raise RemoteSeedError(f"{where}.name: {name!r} is one of the server's own endpoints")
+        raise SeedError(f"{where}.name: {name!r} is one of the server's own endpoints")
     if not isinstance(flat.get("parameters", {}), dict):
-        raise RemoteSeedError(f"{where}.parameters: must be a JSON schema object")
+        raise SeedError(f"{where}.parameters: must be a JSON schema object")
     return {"type": "function", **flat}
 
 

@@ -11,14 +11,16 @@ ends without a move the environment plays one for it, so the policy always gets 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from sparring.envs.base import Actor, Verdict
+from sparring.core.errors import ReplayError, SeedError
+from sparring.envs.base import Actor, Environment, Verdict
 from sparring.tools.specs import ToolResult, ToolSpec
 
 LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
@@ -37,6 +39,7 @@ MAKE_MOVE = ToolSpec(
         "additionalProperties": False,
     },
 )
+MOVE_TOOLS = (MAKE_MOVE,)
 
 POLICY_PROMPT = (
     "You are playing tic-tac-toe as X against the user, who plays O. On your turn, call the make_move "
@@ -52,17 +55,13 @@ FALLBACK_ORDER = (4, 0, 2, 6, 8, 1, 3, 5, 7)
 """Where the environment moves for a user that could not: centre, corners, edges."""
 
 
-class SeedError(ValueError):
-    """The task's seed data does not describe a legal position."""
-
-
-class TicTacToe:
+class TicTacToe(Environment):
     """The tic-tac-toe environment; the episode state is a JSON-able dict."""
 
     name = "tictactoe"
     # Both players must move each step (a required tool choice, constrained decoding of the arguments);
     # an illegal move gets a retry, a legal one ends the turn, and the user hands over without words.
-    settings: Mapping[str, Any] = MappingProxyType(
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {
             "user_tool_choice": "required",
             "policy_tool_choice": "required",
@@ -74,15 +73,14 @@ class TicTacToe:
 
     def tools(self, actor: Actor) -> Sequence[ToolSpec]:
         """Both players move with the same tool; the environment never acts itself."""
-        return (MAKE_MOVE,) if actor in MARKS else ()
+        return MOVE_TOOLS if actor in MARKS else ()
 
     def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
         """The user's tool offers only the free cells (the policy's stays the full board: its mistakes are data)."""
-        free = [cell for cell, mark in enumerate(state["board"]) if mark is None]
+        free = tuple(cell for cell, mark in enumerate(state["board"]) if mark is None)
         if actor != "user" or state["winner"] is not None or not free:
             return self.tools(actor)
-        position = {"type": "integer", "enum": free, "description": "A free cell: " + ", ".join(map(str, free))}
-        return (replace(MAKE_MOVE, parameters={**MAKE_MOVE.parameters, "properties": {"position": position}}),)
+        return _move_to_one_of(free)
 
     def settle_user_turn(self, state: dict[str, Any]) -> ToolResult | None:
         """If O's turn ended without a legal move, play one for it (centre, corners, edges), so X can move."""
@@ -157,6 +155,33 @@ class TicTacToe:
         rows = (" | ".join(c or str(i) for i, c in enumerate(state["board"][r : r + 3], start=r)) for r in (0, 3, 6))
         return "The board (free cells show their number):\n" + "\n".join(rows) + "\n" + _board_json(state)
 
+    def follow_result(self, state: dict[str, Any], result: str) -> dict[str, Any]:
+        """Replaying (scoring) a game someone else ran: O's replies are on the board a result shows.
+
+        X's moves come from replaying the policy's calls; any other new mark must be O's, played in
+        turn, and the board must then be exactly the result's. A result that is not a board, or a
+        refused move (an error), changes nothing.
+        """
+        try:
+            shown = orjson.loads(result)
+        except orjson.JSONDecodeError:
+            return state
+        if not isinstance(shown, dict) or shown.get("error") or not _is_board(shown.get("board")):
+            return state
+        board = shown["board"]
+        new = {cell: mark for cell, mark in enumerate(board) if mark and not state["board"][cell]}
+        if any(mark != "O" for mark in new.values()):
+            raise ReplayError(f"the board {board} shows an X the replayed calls did not play")
+        followed = {**state, "board": list(state["board"]), "moves": list(state["moves"])}
+        for cell in sorted(new):
+            error = _move_error(followed, "O", cell)
+            if error:
+                raise ReplayError(f"O at {cell} is not a legal move: {error}")
+            _place(followed, "O", cell)
+        if followed["board"] != board:
+            raise ReplayError(f"the board {board} does not follow from the moves played before it")
+        return followed
+
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """1 for an X win, 0.5 for a draw, 0 for a loss or an unfinished game."""
         game_result, reward = RESULT_FOR_X.get(state["winner"], ("incomplete", 0.0))
@@ -165,6 +190,17 @@ class TicTacToe:
             components={"outcome": reward},
             result={"game_result": game_result, "board": state["board"], "moves": state["moves"]},
         )
+
+
+@functools.cache
+def _move_to_one_of(free: tuple[int, ...]) -> tuple[ToolSpec]:
+    """`make_move` limited to these cells: one object per set of free cells (512 at most), so it is cached."""
+    position = {"type": "integer", "enum": list(free), "description": "A free cell: " + ", ".join(map(str, free))}
+    return (replace(MAKE_MOVE, parameters={**MAKE_MOVE.parameters, "properties": {"position": position}}),)
+
+
+def _is_board(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 9 and all(cell in (None, "X", "O") for cell in value)
 
 
 def _move_error(state: dict[str, Any], mark: str, position: Any) -> str | None:

@@ -8,10 +8,10 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
 from sparring import __version__
+from sparring.core.settings import EpisodeSettings
 from sparring.gateway.routes import gateway_router
 from sparring.gateway.sessions import Gateway, GatewaySettings
 from sparring.gateway.upstream import Upstream
-from sparring.graphs.context import EpisodeConfig
 from sparring.models.pool import endpoint_config
 from sparring.server.security import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, HttpMetrics, metrics_endpoint
 
@@ -19,7 +19,7 @@ DEFAULT_IDLE_TIMEOUT_S = 600.0
 
 
 def build_gateway(
-    config: EpisodeConfig,
+    config: EpisodeSettings,
     *,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     output: str | Path | None = None,

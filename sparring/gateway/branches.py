@@ -26,8 +26,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparring.core.ledger import Ledger, LedgerEntry, ledger_entry, materialize
 from sparring.gateway.history import Fingerprint, opening
-from sparring.rollouts.ledger import Ledger, LedgerEntry, ledger_entry, materialize
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""A gateway session as a rollout record: the shape of `sparring.rollouts.record.build_record`.
+"""A gateway session as a rollout record: the shape of `sparring.core.record.build_record`.
 
 So `sparring export` and every consumer of our records read gateway sessions like episodes. What
 differs: `messages` is the first branch's conversation as the agent last sent it plus the reply it

@@ -23,13 +23,14 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sparring.core.errors import ModelUnavailable
 from sparring.gateway.branches import Branch, Branches
 from sparring.gateway.calls import Added, Answer, BadCall, StreamReader, prepare, take_reply
 from sparring.gateway.history import Fingerprint, fingerprint, fingerprints, message_errors
 from sparring.gateway.record import session_record
 from sparring.gateway.upstream import Upstream
 from sparring.gateway.verifiers import verify_session
-from sparring.models.client import CONTEXT_LENGTH_MARKERS, ModelUnavailable
+from sparring.models.client import CONTEXT_LENGTH_MARKERS
 
 
 class SessionLimits(BaseModel):

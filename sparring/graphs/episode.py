@@ -8,11 +8,13 @@
     policy_tools --steps left, turn not over---> policy
     policy_tools --no steps left / turn over---> user
     user         --tool calls (its own move)---> user_tools
-    user         --text, turns left------------> policy
-    user         --stop token / silence / max turns / failure--> verify
+    user         --words for the policy--------> handover
+    user         --stop token / silence / failure--> verify
     user_tools   --env done--------------------> verify
     user_tools   --steps left------------------> user
-    user_tools   --no steps left---------------> policy (or verify at max turns)
+    user_tools   --no steps left / moved-------> handover
+    handover     --turns left------------------> policy
+    handover     --max turns / env done--------> verify
     verify -> END
 
 Nodes decide and record (status, counters); routing functions only read state. They are plain
@@ -32,11 +34,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
+from sparring.core.messages import raw_tool_calls
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeInput, EpisodeState
 from sparring.envs.base import Environment
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeInput, EpisodeState
-from sparring.models.wire import raw_tool_calls
 from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.handover import handover
 from sparring.nodes.policy import policy
 from sparring.nodes.seed import seed
 from sparring.nodes.tools import run_tools
@@ -72,7 +75,7 @@ def build_graph(
     deps: EpisodeDeps | None = None,
     *,
     checkpointer: Checkpointer = None,
-    context_schema: type[EpisodeConfig] = EpisodeConfig,
+    context_schema: type[EpisodeSettings] = EpisodeSettings,
 ) -> CompiledStateGraph:
     """The compiled episode graph for one environment; settings come per run as the runtime context.
 
@@ -86,6 +89,7 @@ def build_graph(
     graph.add_node("policy_tools", partial(run_tools, deps=deps, actor="policy"))
     graph.add_node("user", partial(user, deps=deps))
     graph.add_node("user_tools", partial(run_tools, deps=deps, actor="user"))
+    graph.add_node("handover", partial(handover, deps=deps))
     graph.add_node("verify", partial(verify, deps=deps))
 
     graph.add_edge(START, "seed")
@@ -95,6 +99,7 @@ def build_graph(
         ("policy_tools", route_after_policy_tools),
         ("user", route_after_user),
         ("user_tools", route_after_user_tools),
+        ("handover", route_after_handover),
     ):
         graph.add_conditional_edges(source, Route(route), list(get_args(get_type_hints(route)["return"])))
     graph.add_edge("verify", END)
@@ -129,19 +134,30 @@ def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy",
     return "user"
 
 
-def route_after_user(state: EpisodeState) -> Literal["user_tools", "policy", "verify"]:
-    """The user's own tool calls run first; its text goes to the policy unless the episode ended."""
+def route_after_user(state: EpisodeState) -> Literal["user_tools", "handover", "verify"]:
+    """The user's own tool calls run first; its words close its turn, unless the episode ended."""
     if state["status"]:
         return "verify"
     if raw_tool_calls(state["user_messages"][-1]):
         return "user_tools"
-    return "policy"
+    return "handover"
 
 
-def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "policy"]:
-    """Done ends the episode; otherwise the user continues, unless its steps ran out (turn already closed)."""
+def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "handover"]:
+    """Done ends the episode; the user's turn closes when its steps ran out or it moved and hands over
+    without words (`user_words_after_move` off); otherwise the user goes on."""
     if state["status"]:
         return "verify"
-    if state["user_steps"] == 0:
-        return "policy"
+    limits = state["limits"]
+    if state["user_steps"] >= limits["max_user_steps_per_turn"] or (
+        state["turn_over"] and not limits["user_words_after_move"]
+    ):
+        return "handover"
     return "user"
+
+
+def route_after_handover(state: EpisodeState) -> Literal["policy", "verify"]:
+    """The policy's turn begins, unless max_turns or the environment's settlement ended the episode."""
+    if state["status"]:
+        return "verify"
+    return "policy"

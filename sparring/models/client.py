@@ -1,4 +1,4 @@
-"""A lean OpenAI-compatible client: one pooled aiohttp session per endpoint, sticky replicas, retries.
+"""A lean OpenAI-compatible client over the one transport (pooled session, sticky replicas, retries).
 
 The per-call path is hot (thousands of calls a second across episodes), so this module speaks the
 wire format directly with orjson instead of going through an SDK, and captures vLLM's token-id
@@ -7,49 +7,31 @@ fields, which LangChain's ChatOpenAI drops.
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from sparring.models.latency import LatencyHistogram
-from sparring.models.replicas import ReplicaSet
-from sparring.tools.specs import ToolCall
+from sparring.core.errors import ContextLengthExceeded, ModelRequestError
+from sparring.core.messages import ToolCall
+from sparring.models.transport import Transport
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
 CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
 
 
-class ModelCallError(Exception):
-    """A model call that could not produce a reply."""
-
-
-class ContextLengthExceeded(ModelCallError):
-    """The prompt no longer fits the model's context window (vLLM's 400)."""
-
-
-class ModelRequestError(ModelCallError):
-    """The server rejected the request (4xx): retrying would not help; fix the request or the config."""
-
-
-class ModelUnavailable(ModelCallError):
-    """The server kept failing (5xx, connection errors, time-outs) after every retry."""
-
-
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
-    """One OpenAI-compatible model endpoint, possibly served by several replicas."""
+    """One OpenAI-compatible model endpoint, possibly served by several replicas.
+
+    Sampling (temperature, max_tokens, stop, ...) is not part of it: it comes with each call (per
+    episode, from its settings and its task), so episodes with different sampling share one client.
+    """
 
     base_urls: tuple[str, ...]
     model: str
     api_key: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_retries: int = 3
     retry_backoff_s: float = 0.25
@@ -91,55 +73,33 @@ class ModelClient:
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
-        self.replicas = ReplicaSet(config.base_urls)
-        self.latency = LatencyHistogram()  # successful calls only, retries and backoff included
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._headers = {"Content-Type": "application/json"}
-        if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        self._sampling = {
-            key: value
-            for key, value in (
-                ("temperature", config.temperature),
-                ("top_p", config.top_p),
-                ("max_tokens", config.max_tokens),
-            )
-            if value is not None
-        }
-        if config.stop:
-            self._sampling["stop"] = list(config.stop)
-        if config.capture_tokens:
-            self._sampling.update(return_token_ids=True, logprobs=True, top_logprobs=0)
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        """One pooled session per event loop (a CLI run, a test session and a server each have their own)."""
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._slots = asyncio.Semaphore(self.config.max_connections)
-            self._loop = loop
-        return self._session
+        self.transport = Transport(
+            config.base_urls,
+            api_key=config.api_key,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            retry_backoff_s=config.retry_backoff_s,
+            max_connections=config.max_connections,
+        )
+        self.replicas = self.transport.replicas
+        self.latency = self.transport.latency
+        self._capture = {"return_token_ids": True, "logprobs": True, "top_logprobs": 0} if config.capture_tokens else {}
 
     async def aclose(self) -> None:
         """Close the pooled session (idempotent)."""
-        if self._session is not None and not self._session.closed and self._loop is asyncio.get_running_loop():
-            await self._session.close()
-        self._session = None
+        await self.transport.aclose()
 
     async def chat(
         self,
         messages: list[dict[str, Any]],
         *,
         episode_id: str,
+        sampling: Mapping[str, Any],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
     ) -> Completion:
         """One chat completion; token ids and logprobs are captured when the endpoint asks for them."""
-        body: dict[str, Any] = {"model": self.config.model, "messages": messages, **self._sampling}
+        body: dict[str, Any] = {"model": self.config.model, "messages": messages, **sampling, **self._capture}
         if tools:
             body["tools"] = tools
             if tool_choice is not None:
@@ -155,14 +115,19 @@ class ModelClient:
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
             latency_s=latency,
-            max_tokens=self.config.max_tokens,
+            max_tokens=sampling.get("max_tokens"),
         )
         if self.config.capture_tokens:
-            self._capture(completion, data, choice)
+            self._capture_ids(completion, data, choice)
         return completion
 
     async def complete_tokens(
-        self, prompt_ids: list[int], *, episode_id: str, structured_outputs: dict[str, Any] | None = None
+        self,
+        prompt_ids: list[int],
+        *,
+        episode_id: str,
+        sampling: Mapping[str, Any],
+        structured_outputs: dict[str, Any] | None = None,
     ) -> Completion:
         """Token in, token out: the prompt is exact ids (vLLM's /completions), the reply is raw text plus ids.
 
@@ -172,11 +137,10 @@ class ModelClient:
         body: dict[str, Any] = {
             "model": self.config.model,
             "prompt": prompt_ids,
-            **self._sampling,
+            **sampling,
             "return_token_ids": True,
             "logprobs": 0,
         }
-        body.pop("top_logprobs", None)
         if structured_outputs is not None:
             body["structured_outputs"] = structured_outputs
         data, latency = await self._post("/completions", body, episode_id)
@@ -198,10 +162,10 @@ class ModelClient:
             completion_token_ids=completion_ids,
             completion_logprobs=[0.0 if lp is None else lp for lp in logprobs],
             latency_s=latency,
-            max_tokens=self.config.max_tokens,
+            max_tokens=sampling.get("max_tokens"),
         )
 
-    def _capture(self, completion: Completion, data: dict[str, Any], choice: dict[str, Any]) -> None:
+    def _capture_ids(self, completion: Completion, data: dict[str, Any], choice: dict[str, Any]) -> None:
         """Take the exact ids and logprobs the server sampled; refuse replies that lack them."""
         prompt_ids = data.get("prompt_token_ids") or choice.get("prompt_token_ids")
         completion_ids = choice.get("token_ids")
@@ -221,53 +185,16 @@ class ModelClient:
         completion.completion_logprobs = logprobs
 
     async def _post(self, path: str, body: dict[str, Any], episode_id: str) -> tuple[dict[str, Any], float]:
-        """POST with bounded retries on 5xx, connection errors and time-outs; never on 4xx."""
-        session = self._ensure_session()
-        payload = orjson.dumps(body)
-        headers = {**self._headers, "X-Session-ID": episode_id}
-        last_error = ""
-        started: float | None = None  # model time includes failed attempts and backoff, not waiting for a slot
-        assert self._slots is not None
-        replicas = self.replicas
-        url = ""
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
-            replica = replicas.pick(episode_id)  # re-picked per attempt: a replica taken out meanwhile hands over
-            url = replica.rstrip("/") + path
-            try:
-                async with self._slots:
-                    started = started or time.perf_counter()
-                    replicas.started(replica)
-                    healthy: bool | None = None  # None: cancelled, which says nothing about the replica
-                    try:
-                        async with session.post(url, data=payload, headers=headers, timeout=self._timeout) as resp:
-                            raw = await resp.read()
-                            latency = time.perf_counter() - started
-                            status = resp.status
-                        healthy = status < 500
-                    except (TimeoutError, aiohttp.ClientError):
-                        healthy = False
-                        raise
-                    finally:
-                        replicas.finished(replica, ok=healthy)
-            except TimeoutError:
-                last_error = f"no reply within {self.config.timeout_s:g} s"
-                continue
-            except aiohttp.ClientError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            if status < 400:
-                self.latency.add(latency)
-                return orjson.loads(raw), latency
-            detail = _error_message(raw)
-            if status >= 500:
-                last_error = f"HTTP {status}: {detail}"
-                continue
-            if any(marker in detail.lower() for marker in CONTEXT_LENGTH_MARKERS):
-                raise ContextLengthExceeded(f"{url}: {detail}")
-            raise ModelRequestError(f"{url}: HTTP {status}: {detail}")
-        raise ModelUnavailable(f"{url}: failed after {self.config.max_retries + 1} attempts; last: {last_error}")
+        """POST through the transport; a 4xx becomes `ContextLengthExceeded` or `ModelRequestError`."""
+        reply = await self.transport.post(
+            path, orjson.dumps(body), key=episode_id, headers={"X-Session-ID": episode_id}
+        )
+        if reply.status < 400:
+            return orjson.loads(reply.body), reply.latency_s
+        detail = _error_message(reply.body)
+        if any(marker in detail.lower() for marker in CONTEXT_LENGTH_MARKERS):
+            raise ContextLengthExceeded(f"{reply.url}: {detail}")
+        raise ModelRequestError(f"{reply.url}: HTTP {reply.status}: {detail}")
 
 
 def _error_message(raw: bytes) -> str:

@@ -1,13 +1,8 @@
-"""Errors of the model layer: one base class, one subclass per cause, messages that say what to do.
-
-Keep this small and additive: catch `SparringModelError` to handle any of them.
-"""
+"""Errors of the local model launcher (`sparring models up`): one subclass of `SparringModelError` per cause."""
 
 from __future__ import annotations
 
-
-class SparringModelError(Exception):
-    """Base class: something about a model or a model server is wrong."""
+from sparring.core.errors import SparringModelError
 
 
 class ModelNotFoundError(SparringModelError):

@@ -1,49 +1,60 @@
-"""Clients for the two roles, made once per distinct endpoint setting and reused by every episode."""
+"""Clients for the two roles, made once per distinct endpoint and reused by every episode that uses it.
+
+Sampling is not part of an endpoint (it travels per call), so requests with different temperatures
+share a client. A pool that meets more distinct endpoints than `max_clients` (a service whose
+clients name their own) closes the least recently used ones that no episode is using.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from typing import Literal
 
-from sparring.graphs.context import EpisodeConfig
+from sparring.core.settings import EpisodeSettings
 from sparring.models.client import EndpointConfig, ModelClient
 from sparring.models.latency import LatencyHistogram
 
 Role = Literal["policy", "user"]
+ReplicaStats = dict[str, dict[str, dict[str, int | bool]]]
 
 
-def endpoint_config(config: EpisodeConfig, role: Role) -> EndpointConfig:
-    """The endpoint settings of one role, read off the run's settings."""
-    prefix = f"{role}_"
+def endpoint_config(settings: EpisodeSettings, role: Role) -> EndpointConfig:
+    """The endpoint of one role, read off the run's settings."""
+    if role == "policy":
+        urls, model, api_key = settings.policy_base_urls, settings.policy_model, settings.policy_api_key
+    else:
+        urls, model, api_key = settings.user_base_urls, settings.user_model, settings.user_api_key
     return EndpointConfig(
-        base_urls=tuple(getattr(config, prefix + "base_urls")),
-        model=getattr(config, prefix + "model"),
-        api_key=getattr(config, prefix + "api_key"),
-        temperature=getattr(config, prefix + "temperature"),
-        top_p=getattr(config, prefix + "top_p"),
-        max_tokens=getattr(config, prefix + "max_tokens"),
-        stop=tuple(config.user_stop_strings) if role == "user" else (),
-        timeout_s=config.request_timeout_s,
-        max_retries=config.max_retries,
-        max_connections=config.max_connections,
+        base_urls=tuple(urls),
+        model=model,
+        api_key=api_key,
+        timeout_s=settings.request_timeout_s,
+        max_retries=settings.max_retries,
+        max_connections=settings.max_connections,
         capture_tokens=role == "policy",
     )
 
 
 class ClientPool:
-    """Pooled clients keyed by endpoint settings, so a settings change (Studio) gets a new client."""
+    """Pooled clients keyed by endpoint, so a settings change (Studio, a request) gets the right client."""
 
-    def __init__(self) -> None:
-        self._clients: dict[EndpointConfig, ModelClient] = {}
+    def __init__(self, max_clients: int = 32) -> None:
+        self.max_clients = max_clients
+        self._clients: OrderedDict[EndpointConfig, ModelClient] = OrderedDict()
         self._roles: dict[EndpointConfig, Role] = {}
-        self._last: tuple[EpisodeConfig, ModelClient, ModelClient] | None = None
+        self._last: tuple[EpisodeSettings, ModelClient, ModelClient] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._retired_replicas: ReplicaStats = {}  # what closed clients did, so the totals stay whole
+        self._retired_latency: dict[str, LatencyHistogram] = {}
 
-    def clients(self, config: EpisodeConfig) -> tuple[ModelClient, ModelClient]:
-        """(policy, user) clients for these settings; the common case is one dict-free identity check."""
+    def clients(self, settings: EpisodeSettings) -> tuple[ModelClient, ModelClient]:
+        """(policy, user) clients for these settings; the common case is one identity check."""
         last = self._last
-        if last is not None and last[0] is config:
+        if last is not None and last[0] is settings:
             return last[1], last[2]
-        policy, user = (self._client(endpoint_config(config, role), role) for role in ("policy", "user"))
-        self._last = (config, policy, user)
+        policy, user = (self._client(endpoint_config(settings, role), role) for role in ("policy", "user"))
+        self._last = (settings, policy, user)
         return policy, user
 
     def _client(self, endpoint: EndpointConfig, role: Role) -> ModelClient:
@@ -51,18 +62,44 @@ class ClientPool:
         if client is None:
             client = self._clients[endpoint] = ModelClient(endpoint)
             self._roles[endpoint] = role
+            self._evict_idle()
+        self._clients.move_to_end(endpoint)
         return client
 
-    def replica_stats(self) -> dict[str, dict[str, dict[str, int | bool]]]:
-        """Per role, per replica URL: what `ReplicaSet.stats` counts (several clients of a role are summed)."""
-        merged: dict[str, dict[str, dict[str, int | bool]]] = {}
+    def _evict_idle(self) -> None:
+        """Close the least recently used clients beyond `max_clients` that no episode is using."""
+        for endpoint in list(self._clients):
+            if len(self._clients) <= self.max_clients:
+                return
+            client = self._clients[endpoint]
+            if client.replicas is not None and client.replicas.in_use():
+                continue
+            del self._clients[endpoint]
+            role = self._roles.pop(endpoint)
+            if client.replicas is not None:
+                add_replica_stats(self._retired_replicas, {role: client.replicas.stats()})
+            self._retired_latency.setdefault(role, LatencyHistogram()).merge(client.latency)
+            try:
+                task = asyncio.get_running_loop().create_task(client.aclose())
+            except RuntimeError:  # no loop: the session (if any) belongs to a loop that is gone
+                continue
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def replica_stats(self) -> ReplicaStats:
+        """Per role, per replica URL: what `ReplicaSet.stats` counts (clients of one role are summed)."""
+        merged: ReplicaStats = {}
+        add_replica_stats(merged, self._retired_replicas)
         for endpoint, client in self._clients.items():
-            add_replica_stats(merged, {self._roles[endpoint]: client.replicas.stats()})
+            if client.replicas is not None:
+                add_replica_stats(merged, {self._roles[endpoint]: client.replicas.stats()})
         return merged
 
     def latency(self) -> dict[str, LatencyHistogram]:
-        """Per role, the latencies of every successful call through this pool's clients."""
+        """Per role, the latencies of every answered call through this pool's clients."""
         merged: dict[str, LatencyHistogram] = {}
+        for role, histogram in self._retired_latency.items():
+            merged.setdefault(role, LatencyHistogram()).merge(histogram)
         for endpoint, client in self._clients.items():
             merged.setdefault(self._roles[endpoint], LatencyHistogram()).merge(client.latency)
         return merged
@@ -70,17 +107,16 @@ class ClientPool:
     def release(self, episode_id: str) -> None:
         """Forget a finished episode's replica pins in every client."""
         for client in self._clients.values():
-            client.replicas.release(episode_id)
+            client.transport.release(episode_id)
 
     async def aclose(self) -> None:
         """Close every pooled HTTP session."""
         for client in self._clients.values():
             await client.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def add_replica_stats(
-    into: dict[str, dict[str, dict[str, int | bool]]], stats: dict[str, dict[str, dict[str, int | bool]]]
-) -> None:
+def add_replica_stats(into: ReplicaStats, stats: ReplicaStats) -> None:
     """Sum per-role, per-URL replica counts into `into` (a replica is available only if it is everywhere)."""
     for role, per_url in stats.items():
         for url, counts in per_url.items():

@@ -72,6 +72,10 @@ class ReplicaSet:
         """Forget a finished episode's pin (its count in `episodes` stays)."""
         self._pinned.pop(key, None)
 
+    def in_use(self) -> bool:
+        """Whether any key is pinned here or any request is in flight."""
+        return bool(self._pinned) or any(h.in_flight for h in self._health.values())
+
     def started(self, url: str) -> None:
         """A request to `url` is on its way."""
         health = self._health[url]

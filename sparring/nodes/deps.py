@@ -1,20 +1,21 @@
 """What the nodes share across episodes: the environment, its tools per actor, and the model clients.
 
-Most environments have one tool set per actor, built once here. An environment whose tools come
-from the task (`episode_tools`, see envs/base.py) gets a tool set per distinct set of specs, cached.
+Most environments have one tool set per actor, built once here. An environment whose tools vary per
+episode (`episode_tools`, see envs/base.py) gets a tool set per tool sequence it returns, cached by
+that object: building the wire form (and its key) happens once per distinct sequence, not per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from sparring.envs.base import Actor, Environment, close_environment, episode_tools_hook
+from sparring.envs.base import Actor, Environment
 from sparring.models.pool import ClientPool
 from sparring.models.tito import TailRenderer, load_tokenizer
 from sparring.tools.specs import ToolSpec
@@ -44,39 +45,35 @@ class EpisodeDeps:
 
     env: Environment
     clients: ClientPool = field(default_factory=ClientPool)
-    tool_specs: dict[str, dict[str, ToolSpec]] = field(init=False)
-    tool_names: dict[str, frozenset[str]] = field(init=False)
-    wire_tools: dict[str, list[dict[str, Any]] | None] = field(init=False)
     toolsets: dict[str, Toolset] = field(init=False)
-    _episode_toolsets: dict[str, Toolset] = field(init=False, default_factory=dict)
+    _tools_vary: bool = field(init=False)
+    # id of a sequence `episode_tools` returned -> (that sequence, kept alive so the id stays its own; its tool set)
+    _episode_toolsets: dict[int, tuple[Sequence[ToolSpec], Toolset]] = field(init=False, default_factory=dict)
     _renderers: dict[tuple[str, str], TailRenderer] = field(init=False, default_factory=dict)
     _loading: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        actors: tuple[Actor, ...] = ("policy", "user")
-        self.toolsets = {a: Toolset.of(self.env.tools(a)) for a in actors}
-        self.tool_specs = {a: self.toolsets[a].specs for a in actors}
-        self.tool_names = {a: self.toolsets[a].names for a in actors}
-        self.wire_tools = {a: self.toolsets[a].wire for a in actors}
+        self.toolsets = {a: Toolset.of(self.env.tools(a)) for a in ("policy", "user")}
+        self._tools_vary = self.env.tools_vary()
 
     def tools_for(self, actor: Actor, env_state: Any) -> Toolset:
-        """The actor's tools in this episode: the environment's own, or the task's when it has `episode_tools`."""
-        hook = episode_tools_hook(self.env)
-        if hook is None:
+        """The actor's tools in this episode, now: the environment's fixed ones, or its `episode_tools`."""
+        if not self._tools_vary:
             return self.toolsets[actor]
-        toolset = Toolset.of(hook(env_state, actor))
-        cached = self._episode_toolsets.get(toolset.key)
-        if cached is not None:
-            return cached
+        specs = self.env.episode_tools(env_state, actor)
+        cached = self._episode_toolsets.get(id(specs))
+        if cached is not None and cached[0] is specs:
+            return cached[1]
         if len(self._episode_toolsets) >= MAX_CACHED_TOOLSETS:
             self._episode_toolsets.clear()
-        self._episode_toolsets[toolset.key] = toolset
+        toolset = Toolset.of(specs)
+        self._episode_toolsets[id(specs)] = (specs, toolset)
         return toolset
 
     async def aclose(self) -> None:
         """Close the model clients and whatever the environment pools."""
         await self.clients.aclose()
-        await close_environment(self.env)
+        await self.env.aclose()
 
     async def renderer(self, tokenizer: str, toolset: Toolset | None = None) -> TailRenderer:
         """The policy's prompt renderer for token-in-token-out mode, loaded once per tokenizer and tool set.

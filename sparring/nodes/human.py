@@ -12,8 +12,7 @@ from typing import Any
 import orjson
 from langchain_core.messages import AIMessage
 
-from sparring.models.wire import assistant_message
-from sparring.tools.specs import ToolCall
+from sparring.core.messages import ToolCall, assistant_message
 
 SHAPE = 'text, or {"content": "...", "tool_calls": [{"name": "...", "arguments": {...}}]}'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparring.graphs.state import EpisodeState, Status
+from sparring.core.state import EpisodeState, Status
 
 
 def ended(status: Status, stop_reason: str, error: BaseException | None = None) -> dict[str, Any]:

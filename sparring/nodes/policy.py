@@ -7,19 +7,20 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeState
-from sparring.models.client import Completion, ContextLengthExceeded, ModelCallError, ModelClient
+from sparring.core.errors import ContextLengthExceeded, ModelCallError
+from sparring.core.ledger import call_span, ledger_entry, segment_ids
+from sparring.core.messages import assistant_message, to_wire, to_wire_list
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeState
+from sparring.models.client import Completion, ModelClient
 from sparring.models.tito import TailRenderer, TokenizerUnavailable
-from sparring.models.wire import assistant_message, to_wire, to_wire_list
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended, length_stop_reason
-from sparring.rollouts.ledger import call_span, ledger_entry, segment_ids
 from sparring.tools.constraints import cached_tool_call_constraint
 from sparring.tools.parsing import adopt_text_calls, parse_reply
 
 
-async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
+async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """Call the policy on its view of the conversation; a full context or a dead server ends the episode."""
     client, _ = deps.clients.clients(runtime.context)
     starts_turn = state["policy_steps"] == 0
@@ -32,17 +33,20 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
     tokenizer = runtime.context.policy_tokenizer
     token_mode = runtime.context.token_mode
     tools = deps.tools_for("policy", state["env_state"])
+    current: list[int] | None = None  # the current segment's ids, when tito has built them already
     try:
         if token_mode == "tito" or (token_mode == "auto" and tokenizer):
             if not tokenizer:
                 raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
             constraint = cached_tool_call_constraint(tools.key, tools.wire, state["limits"]["policy_tool_choice"])
             renderer = await deps.renderer(tokenizer, tools)
-            completion = await call_tokens_in_tokens_out(state, client, renderer, tools.names, constraint)
+            current = segment_ids(state["ledger"])
+            completion = await call_tokens_in_tokens_out(state, client, renderer, tools.names, current, constraint)
         else:
             completion = await client.chat(
                 to_wire_list(state["messages"]),
                 episode_id=state["episode_id"],
+                sampling=state["sampling"]["policy"],
                 tools=tools.wire,
                 tool_choice=state["limits"]["policy_tool_choice"],
             )
@@ -53,7 +57,7 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: 
         return {**update, **ended("truncated", "context_length", exc)}
     except (ModelCallError, TokenizerUnavailable) as exc:
         return {**update, **ended("aborted", "model_error", exc)}
-    return {**update, **record_completion(state, completion)}
+    return {**update, **record_completion(state, completion, current)}
 
 
 async def call_tokens_in_tokens_out(
@@ -61,9 +65,10 @@ async def call_tokens_in_tokens_out(
     client: ModelClient,
     renderer: TailRenderer,
     tool_names: frozenset[str],
+    current: list[int],
     constraint: dict[str, Any] | None = None,
 ) -> Completion:
-    """Send the ledger's ids plus the new tail; read the tool calls out of the generated text.
+    """Send the current segment's ids plus the new tail; read the tool calls out of the generated text.
 
     `constraint` (tools/constraints.py) makes vLLM keep tool calls to the tools' schemas.
     """
@@ -73,15 +78,20 @@ async def call_tokens_in_tokens_out(
     else:
         last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
         tail = renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
-        prompt = segment_ids(state["ledger"]) + tail
-    completion = await client.complete_tokens(prompt, episode_id=state["episode_id"], structured_outputs=constraint)
+        prompt = current + tail
+    completion = await client.complete_tokens(
+        prompt, episode_id=state["episode_id"], sampling=state["sampling"]["policy"], structured_outputs=constraint
+    )
     parsed = parse_reply(completion.text, tool_names, call_id_prefix(state, "policy"))
     completion.text, completion.tool_calls = parsed.text, parsed.tool_calls
     return completion
 
 
-def record_completion(state: EpisodeState, completion: Completion) -> dict[str, Any]:
-    """The state update for one policy reply: the message, the ledger entry, usage and timing."""
+def record_completion(state: EpisodeState, completion: Completion, current: list[int] | None = None) -> dict[str, Any]:
+    """The state update for one policy reply: the message, the ledger entry, usage and timing.
+
+    `current` is the current segment's ids when the caller has them (else the ledger builds them).
+    """
     metadata: dict[str, Any] = {"finish_reason": completion.finish_reason}
     update: dict[str, Any] = {}
     if completion.completion_token_ids is not None:
@@ -91,6 +101,7 @@ def record_completion(state: EpisodeState, completion: Completion) -> dict[str, 
             completion.completion_token_ids,
             completion.completion_logprobs or [],
             completion.finish_reason,
+            current,
         )
         metadata["token_span"] = call_span(entry)
         update["ledger"] = [entry]

@@ -1,4 +1,4 @@
-"""seed: the environment's fresh state, the policy's opening, the user's flipped opening and the limits."""
+"""seed: the task checked, the environment's fresh state, the openings of both views, the limits and sampling."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeState, Limits
-from sparring.models.wire import from_wire
+from sparring.core.errors import TaskError
+from sparring.core.ids import new_episode_id
+from sparring.core.messages import from_wire
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeState, Limits
+from sparring.core.task import parse_task
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
-from sparring.rollouts.runner import new_episode_id
 
 
-async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
-    """Start the episode; a seed the environment rejects ends it at once as aborted (invalid_task)."""
-    task = state["task"]
-    if runtime.context.env_url and not task.get("env_url"):
-        task = {**task, "env_url": runtime.context.env_url}
+async def seed(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
+    """Start the episode; a task or seed that cannot be played ends it at once as aborted (invalid_task)."""
+    settings = runtime.context
     base: dict[str, Any] = {
         "episode_id": state.get("episode_id") or new_episode_id(),  # runs from Studio bring only a task
-        "limits": resolve_limits(runtime.context, task),
+        "limits": resolve_limits(settings, {}),
+        "sampling": {},
         "turn": 0,
         "policy_steps": 0,
         "user_steps": 0,
@@ -38,6 +39,14 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         "stop_reason": None,
         "error": None,
     }
+    try:
+        task = parse_task(state["task"])  # every face, Studio included, refuses the same tasks
+    except TaskError as exc:
+        return {**base, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
+    if settings.env_url and not task.get("env_url"):
+        task = {**task, "env_url": settings.env_url}
+    base["limits"] = resolve_limits(settings, task)
+    base["sampling"] = {"policy": settings.sampling("policy", task.get("sampling")), "user": settings.sampling("user")}
     try:
         env_state = await deps.env.seed(task)
     except Exception as exc:
@@ -61,7 +70,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     return update
 
 
-def resolve_limits(config: EpisodeConfig, task: dict[str, Any]) -> Limits:
+def resolve_limits(config: EpisodeSettings, task: dict[str, Any]) -> Limits:
     """The run's limits with the task's `limits` overrides applied."""
     overrides = task.get("limits") or {}
     return {
@@ -71,6 +80,7 @@ def resolve_limits(config: EpisodeConfig, task: dict[str, Any]) -> Limits:
         "user_stop_tokens": list(overrides.get("user_stop_tokens", config.user_stop_tokens)),
         "user_tool_choice": overrides.get("user_tool_choice", config.user_tool_choice),
         "policy_tool_choice": overrides.get("policy_tool_choice", config.policy_tool_choice),
+        "user_words_after_move": config.user_words_after_move,
     }
 
 

@@ -13,20 +13,19 @@ from typing import Any
 from langchain_core.messages import ToolMessage
 from langgraph.runtime import Runtime
 
+from sparring.core.messages import raw_tool_calls
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeState
 from sparring.envs.base import Actor
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeState
-from sparring.models.wire import raw_tool_calls
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
-from sparring.nodes.user import close_user_turn
 from sparring.tools.validation import ToolArgumentError, parse_arguments
 
 HISTORY_OF: dict[str, str] = {"policy": "messages", "user": "user_messages"}
 
 
 async def run_tools(
-    state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps, actor: Actor
+    state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps, actor: Actor
 ) -> dict[str, Any]:
     """Answer every tool call of the actor's last message, each with its own tool message."""
     history = HISTORY_OF[actor]
@@ -67,9 +66,4 @@ async def run_tools(
         update.update(ended("completed", "env_done"))
         return update
     update["turn_over"] = deps.env.turn_over(env_state, actor)
-    if actor == "user" and (
-        state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]
-        or (update["turn_over"] and not runtime.context.user_words_after_move)
-    ):
-        update.update(close_user_turn(state, [], deps, env_state))
     return update

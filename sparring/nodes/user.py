@@ -7,11 +7,10 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
-from sparring.envs.base import settle_user_turn_hook
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeState
-from sparring.models.client import ContextLengthExceeded, ModelCallError
-from sparring.models.wire import assistant_message, raw_tool_calls, to_wire_list
+from sparring.core.errors import ContextLengthExceeded, ModelCallError
+from sparring.core.messages import assistant_message, raw_tool_calls, to_wire_list
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeState
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.human import human_reply
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended
@@ -20,7 +19,7 @@ from sparring.tools.parsing import adopt_text_calls
 NOTHING_SHOWN = "(The assistant has not replied yet.)"
 
 
-async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
+async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """One user model call; its text (stop tokens removed) becomes the policy's next user message."""
     _, client = deps.clients.clients(runtime.context)
     limits = state["limits"]
@@ -29,7 +28,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     if state.get("human_turn") is not None:  # a person plays this step (Studio, nodes/human.py)
         reply = human_reply(state["human_turn"], f"human_{len(state['user_messages'])}")
         update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply]}
-        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content, deps)}
+        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content)}
     if step >= limits["max_user_steps_per_turn"] or (step > 1 and state["turn_over"]):
         tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:
@@ -40,6 +39,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
         completion = await client.chat(
             to_wire_list([*state["user_messages"], *shown]),
             episode_id=state["episode_id"],
+            sampling=state["sampling"]["user"],
             tools=tools.wire,
             tool_choice=tool_choice,
         )
@@ -58,7 +58,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: Ep
     update["user_messages"] = [*shown, reply]
     if completion.tool_calls:
         return update
-    return {**update, **deliver_text(state, completion.text, deps)}
+    return {**update, **deliver_text(state, completion.text)}
 
 
 def cut_at_first(text: str, markers: list[str]) -> str:
@@ -89,8 +89,9 @@ def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
     return "\n\n".join(parts) or NOTHING_SHOWN
 
 
-def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str, Any]:
-    """Pass the user's text to the policy and close the turn, or end the episode on a stop token or silence.
+def deliver_text(state: EpisodeState, text: str) -> dict[str, Any]:
+    """Pass the user's text to the policy (the `handover` node then closes the turn), or end the episode
+    on a stop token or silence.
 
     A stop token before the policy has said anything ends nothing (small user models echo the stop
     token of their instructions in their first message); it is removed, and the rest is delivered.
@@ -106,40 +107,4 @@ def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str,
         return {"messages": delivered, **ended("completed", "user_stop")}
     if not visible:
         return ended("truncated", "user_empty")
-    return close_user_turn(state, delivered, deps, state["env_state"])
-
-
-def close_user_turn(
-    state: EpisodeState, delivered: list[BaseMessage], deps: EpisodeDeps, env_state: Any
-) -> dict[str, Any]:
-    """Hand the turn back to the policy with what the user said, then the environment's observation for it.
-
-    At max_turns the episode ends instead. The environment first settles what the user left undone
-    (`settle_user_turn`), so the policy never gets a position where it cannot act. Its note and the
-    observation are their own message (actor env), so the record keeps who said what.
-    """
-    if state["turn"] >= state["limits"]["max_turns"]:
-        return {"messages": delivered, **ended("truncated", "max_turns")}
-    update: dict[str, Any] = {}
-    settle = settle_user_turn_hook(deps.env)
-    settled = settle(env_state) if settle else None
-    notes = []
-    if settled is not None:  # e.g. a move played for a user that could not make one
-        env_state = update["env_state"] = settled.state
-        if settled.content:  # a settlement may have nothing to tell the policy (calendar: a request counted)
-            notes.append(settled.content)
-        if deps.env.is_done(env_state):
-            note = HumanMessage(content=settled.content, additional_kwargs={"actor": "env"})
-            return {**update, "messages": [*delivered, note], **ended("completed", "env_done")}
-    observation = deps.env.observe(env_state, "policy")
-    if observation:
-        notes.append(observation)
-    if notes:
-        delivered = [*delivered, HumanMessage(content="\n\n".join(notes), additional_kwargs={"actor": "env"})]
-    return {
-        **update,
-        "messages": delivered,
-        "turn_start": len(state["messages"]) + len(delivered),
-        "policy_steps": 0,
-        "user_steps": 0,
-    }
+    return {"messages": delivered}

@@ -7,13 +7,13 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.state import EpisodeState
+from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeState
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
 
 
-async def verify(state: EpisodeState, runtime: Runtime[EpisodeConfig], *, deps: EpisodeDeps) -> dict[str, Any]:
+async def verify(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """The reward and its components; aborted episodes keep reward None (they are not scored)."""
     update: dict[str, Any] = {"reward": None, "reward_components": {}, "env_result": {}}
     if state.get("status") != "aborted":

@@ -24,10 +24,10 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from sparring import __version__
-from sparring.envs.registry import ENVIRONMENTS, get_environment
-from sparring.graphs.context import EpisodeConfig
+from sparring.core.settings import EpisodeSettings
+from sparring.core.task import TaskError, parse_task
+from sparring.envs.registry import environment_names, get_environment
 from sparring.graphs.episode import build_graph
-from sparring.rollouts.tasks import TaskError, parse_task
 from sparring.server import nemo_gym
 from sparring.server.gate import Overloaded
 from sparring.server.schemas import (
@@ -62,7 +62,7 @@ class ClientGone(Exception):
 
 def create_app(
     settings: ServerSettings,
-    config_for: Callable[[str], EpisodeConfig],
+    config_for: Callable[[str], EpisodeSettings],
     *,
     extra_routers: Sequence[APIRouter] = (),
     registry: CollectorRegistry | None = None,
@@ -71,7 +71,7 @@ def create_app(
     registry = registry or CollectorRegistry()
     service = RolloutService(settings, config_for, registry)
     service.base_config(settings.default_env)  # endpoint errors surface at start-up, not on the first request
-    models = build_request_models(settings, sorted(ENVIRONMENTS))
+    models = build_request_models(settings, environment_names())
     graph_cache: dict[str, dict[str, Any]] = {}
 
     @asynccontextmanager
@@ -187,7 +187,7 @@ def create_app(
     @router.get("/v1/envs", summary="Environments: tool schemas per actor and the settings they run with")
     async def envs() -> EnvsResponse:
         listing = []
-        for name in sorted(ENVIRONMENTS):
+        for name in environment_names():
             env = get_environment(name)
             tools = {actor: [spec.to_openai() for spec in env.tools(actor)] for actor in ("policy", "user")}
             config = dataclasses.asdict(service.base_config(name))

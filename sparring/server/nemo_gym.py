@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sparring.rollouts.tasks import parse_task
+from sparring.core.task import parse_task
 from sparring.tools.specs import ToolSpec
 
 TASK_INDEX_KEY = "_ng_task_index"

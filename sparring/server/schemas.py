@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
-from sparring.rollouts.tasks import Task, TaskLimits
+from sparring.core.task import Task, TaskLimits
 from sparring.server.settings import ServerSettings
 
 TASK_EXAMPLE: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """The rollout service's own settings: capacity, the bounds requests must stay within, shutdown, auth.
 
-Model endpoints and default limits are not here: they come from `sparring.options` exactly as for
+Model endpoints and default limits are not here: they come from `sparring.cli.options` exactly as for
 `sparring run`, so the service plays the same episodes as the CLI.
 """
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from sparring.tools.specs import ToolCall
+from sparring.core.messages import ToolCall
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)

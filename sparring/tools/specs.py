@@ -32,15 +32,6 @@ class ToolSpec:
 
 
 @dataclass(slots=True)
-class ToolCall:
-    """A call as the model wrote it: `arguments` is the raw JSON text, parsed later so errors can be reported."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(slots=True)
 class ToolResult:
     """What one tool call returned to the actor, and the environment state after it.
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparring.core.settings import EpisodeSettings
 from sparring.envs.base import Environment
-from sparring.graphs.context import EpisodeConfig
 from sparring.models.local import ServerRecord
 
 
-def server_config(env: Environment, server: ServerRecord, **settings: Any) -> EpisodeConfig:
+def server_config(env: Environment, server: ServerRecord, **settings: Any) -> EpisodeSettings:
     """The environment's own settings, both roles on the session's server (tito via its tokenizer); `settings` win."""
-    return EpisodeConfig(
+    return EpisodeSettings(
         **{
             **env.settings,
             "policy_base_urls": [server.base_url],

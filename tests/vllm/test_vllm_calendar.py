@@ -7,13 +7,11 @@ import asyncio
 import pytest
 from real_server import server_config
 
+from sparring import Engine
+from sparring.core.task import parse_task
 from sparring.envs.calendar import Calendar
 from sparring.envs.calendar.generator import generate_tasks
-from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
 
 pytestmark = pytest.mark.vllm
 
@@ -35,20 +33,17 @@ NEMO_GYM_ROW = {
 
 
 async def test_calendar_episodes_reach_a_verdict(vllm_server: ServerRecord) -> None:
-    deps = EpisodeDeps(Calendar())
-    graph = build_graph(deps.env, deps)
-    config = server_config(deps.env, vllm_server, policy_max_tokens=256, user_max_tokens=96)
+    config = server_config(Calendar(), vllm_server, policy_max_tokens=256, user_max_tokens=96)
+    engine = Engine(config, env="calendar")
     tasks = [
         generate_tasks(1, 1, min_events=2, max_events=2)[0],
         generate_tasks(1, 2, min_events=2, max_events=2, tools=True)[0],
         NEMO_GYM_ROW,
     ]
     try:
-        records = await asyncio.gather(
-            *(run_episode(graph, parse_task(task), config, env="calendar") for task in tasks)
-        )
+        records = await asyncio.gather(*(engine.play(parse_task(task)) for task in tasks))
     finally:
-        await deps.aclose()
+        await engine.aclose()
     for record in records:
         assert record["status"] in ("completed", "truncated"), record["error"]
         assert record["reward"] in (0.0, 1.0)

@@ -11,12 +11,10 @@ import pytest
 from real_server import server_config
 from transformers import AutoTokenizer
 
+from sparring import Engine
+from sparring.core.ledger import check_invariants
 from sparring.envs.tictactoe import LINES, TicTacToe
-from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.ledger import check_invariants
-from sparring.rollouts.runner import run_episode
 
 pytestmark = pytest.mark.vllm
 
@@ -26,18 +24,15 @@ EPISODES_PER_MODE = 2
 @pytest.fixture(scope="module")
 async def records(vllm_server: ServerRecord) -> AsyncIterator[dict[str, list[dict[str, Any]]]]:
     """Two episodes per token mode, played concurrently (vLLM batches them)."""
-    deps = EpisodeDeps(TicTacToe())
-    graph = build_graph(deps.env, deps)
-    config = server_config(deps.env, vllm_server, max_turns=3, policy_max_tokens=96, user_max_tokens=64)
+    config = server_config(TicTacToe(), vllm_server, max_turns=3, policy_max_tokens=96, user_max_tokens=64)
+    engine = Engine(config)
     results: dict[str, list[dict[str, Any]]] = {}
     for mode in ("tito", "chat"):
         mode_config = replace(config, token_mode=mode)
         results[mode] = list(
-            await asyncio.gather(
-                *(run_episode(graph, {}, mode_config, env="tictactoe") for _ in range(EPISODES_PER_MODE))
-            )
+            await asyncio.gather(*(engine.play({}, settings=mode_config) for _ in range(EPISODES_PER_MODE)))
         )
-    await deps.clients.aclose()
+    await engine.aclose()
     yield results
 
 

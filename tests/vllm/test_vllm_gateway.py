@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from sparring.core.ledger import check_invariants
 from sparring.models.local import ServerRecord
-from sparring.rollouts.ledger import check_invariants
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.vllm

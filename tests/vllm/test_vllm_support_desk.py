@@ -7,11 +7,9 @@ import asyncio
 import pytest
 from real_server import server_config
 
+from sparring import Engine
 from sparring.envs.support_desk import SupportDesk
-from sparring.graphs.episode import build_graph
 from sparring.models.local import ServerRecord
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
 
 pytestmark = pytest.mark.vllm
 
@@ -19,15 +17,12 @@ TASKS = ("sd-01", "sd-20")
 
 
 async def test_support_desk_episodes_reach_a_verdict(vllm_server: ServerRecord) -> None:
-    deps = EpisodeDeps(SupportDesk())
-    graph = build_graph(deps.env, deps)
-    config = server_config(deps.env, vllm_server, max_turns=4, user_max_tokens=96)
+    config = server_config(SupportDesk(), vllm_server, max_turns=4, user_max_tokens=96)
+    engine = Engine(config, env="support-desk")
     try:
-        records = await asyncio.gather(
-            *(run_episode(graph, {"env_seed": {"task_id": t}}, config, env="support-desk") for t in TASKS)
-        )
+        records = await asyncio.gather(*(engine.play({"env_seed": {"task_id": t}}) for t in TASKS))
     finally:
-        await deps.clients.aclose()
+        await engine.aclose()
     for record in records:
         assert record["status"] in ("completed", "truncated"), record["error"]
         assert record["reward"] in (0.0, 1.0)

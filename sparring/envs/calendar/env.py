@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from langchain_core.messages import AIMessage
 
-from sparring.envs.base import Actor, Verdict
+from sparring.core.errors import SeedError
+from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.calendar.scoring import TimeFormatError, clock, grade_events, grade_text, minutes
 from sparring.tools.specs import ToolResult, ToolSpec
 
@@ -108,16 +109,12 @@ DEFAULT_SEED: Mapping[str, Any] = MappingProxyType(
 """The task `sparring run --env calendar` plays when it is given none."""
 
 
-class SeedError(ValueError):
-    """The task's calendar data cannot be graded."""
-
-
-class Calendar:
+class Calendar(Environment):
     """The calendar environment; the episode state is a JSON-able dict."""
 
     name = "calendar"
     # A policy turn may take several tool calls (tools form); the user only talks.
-    settings: Mapping[str, Any] = MappingProxyType(
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"max_turns": 8, "max_steps_per_turn": 6, "max_user_steps_per_turn": 1, "user_tool_choice": "none"}
     )
 
@@ -162,14 +159,6 @@ class Calendar:
             "revealed": 0,
             "events": [],
         }
-
-    def is_done(self, state: dict[str, Any]) -> bool:
-        """The user ends the episode (stop token); the calendar never finishes by itself."""
-        return False
-
-    def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
-        """The policy's turn ends when it replies in words, not after a tool call."""
-        return False
 
     def settle_user_turn(self, state: dict[str, Any]) -> ToolResult | None:
         """The user's turn is over: the requests it was shown count as made (nothing for the policy to read)."""

@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sparring.envs.base import Actor, Verdict
+from sparring.core.errors import SeedError
+from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.support_desk.world import (
     AUTH_TOOLS,
     TOOL_SPECS,
@@ -35,10 +36,6 @@ STOP_TOKEN = "###STOP###"
 OWN_DATA_TOOLS = frozenset({"get_user_details", "get_order_details", "modify_user_address"}) | WRITE_TOOLS
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _YES = re.compile(r"\b(yes|yeah|yep|sure|ok|okay|confirm|confirmed|go ahead|please do|proceed|correct)\b", re.I)
-
-
-class SeedError(ValueError):
-    """The task's `env_seed` does not describe a support-desk task."""
 
 
 class ExpectedAction(BaseModel):
@@ -129,12 +126,12 @@ def customer_persona(desk_task: DeskTask, db: Mapping[str, Any]) -> str:
     )
 
 
-class SupportDesk:
+class SupportDesk(Environment):
     """The support desk; the episode state is a JSON-able dict holding the database and the session."""
 
     name = "support-desk"
     # The agent may look things up and act several times a turn; the customer has no tools.
-    settings: Mapping[str, Any] = MappingProxyType(
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {
             "max_turns": 10,
             "max_steps_per_turn": 6,
@@ -192,10 +189,6 @@ class SupportDesk:
         """A transfer to a human ends the conversation; otherwise the customer ends it."""
         return state["transferred"]
 
-    def turn_over(self, state: dict[str, Any], actor: Actor) -> bool:
-        """The agent's turn ends when it replies in words, never because of a tool call."""
-        return False
-
     async def call_tool(self, state: dict[str, Any], actor: Actor, name: str, arguments: dict[str, Any]) -> ToolResult:
         """One desk tool call by the agent; refusals (policy or data) come back as errors with the state unchanged."""
         if actor != "policy" or name not in TOOLS:
@@ -221,10 +214,6 @@ class SupportDesk:
         elif name == "transfer_to_human_agents":
             new_state = {**state, "transferred": True}
         return ToolResult(content=orjson.dumps(result).decode(), state=new_state)
-
-    def observe(self, state: dict[str, Any], actor: Actor) -> str | None:
-        """Nothing: the agent learns the world through its tools, the customer through the agent."""
-        return None
 
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """Reward 1 when both tables hash as expected, the transfer matches, and every required fact was told."""

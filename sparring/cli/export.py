@@ -1,0 +1,55 @@
+"""`sparring export`: the export library (`sparring.engine.export`) behind flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sparring.core.errors import UsageError
+
+DESCRIPTION = """Turn rollout records into training rows: one row per policy segment of each scored episode, with
+its exact token_ids, loss_mask and logprobs, the reward, the group and the group advantage
+(reward minus the group mean; --normalize std divides by the group's std). Parquet or JSONL by
+the output's extension. Aborted episodes are left out and counted."""
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add `sparring export`."""
+    parser = subparsers.add_parser(
+        "export",
+        help="turn rollout records into training rows (Parquet or JSONL) with per-group advantages",
+        description=DESCRIPTION,
+    )
+    parser.add_argument("records", nargs="?", metavar="RECORDS", help="the same as --input (kept for old scripts)")
+    parser.add_argument("--input", metavar="FILE", help="rollout records, JSONL (e.g. the output of collect)")
+    parser.add_argument("--output", "-o", required=True, metavar="FILE", help="FILE.parquet or FILE.jsonl")
+    parser.add_argument(
+        "--normalize", choices=["none", "std"], default="none", help="divide advantages by the group's std"
+    )
+    parser.add_argument("--drop-equal-groups", action="store_true", help="leave out groups whose rewards are all equal")
+    parser.set_defaults(func=cmd_export)
+
+
+def input_of(args: argparse.Namespace, flag: str = "--input") -> str:
+    """The input file from `--input` or the positional alias (one of them, not both)."""
+    if args.records and args.input:
+        raise UsageError(f"pass the records file once: {flag} FILE (the positional form is an alias)")
+    path = args.input or args.records
+    if not path:
+        raise UsageError(f"{flag} FILE is required")
+    if not Path(path).is_file():
+        raise UsageError(f"{flag}: no such file {path}")
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export and print the counts (one JSON line on stdout)."""
+    import orjson
+
+    from sparring.engine.export import export
+
+    stats = export(input_of(args), args.output, normalize=args.normalize, drop_equal_groups=args.drop_equal_groups)
+    summary = {**stats.__dict__, "groups_by_size": {str(k): v for k, v in sorted(stats.groups_by_size.items())}}
+    print(orjson.dumps({"output": str(args.output), **summary}).decode())
+    return 0

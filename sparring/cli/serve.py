@@ -1,0 +1,126 @@
+"""`sparring serve`: the rollout service under uvicorn, with a graceful SIGTERM.
+
+Model endpoints and default limits come from the same flags and variables as `sparring run`
+(`sparring.cli.options`). On SIGTERM or Ctrl-C the server stops accepting, gives running episodes
+`--shutdown-grace` seconds, then ends the rest as aborted records and sends them; a second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+from sparring.cli.options import add_episode_options, settings_from_args
+from sparring.envs.registry import environment_names
+from sparring.server.settings import API_KEY_VARIABLE, ServerSettings
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    """Add `serve` to the main parser."""
+    defaults = ServerSettings()
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve rollouts over HTTP (FastAPI): single, batch (NDJSON), NeMo Gym /run, health, metrics",
+        description=__doc__,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: a free one, printed at start)")
+    parser.add_argument("--env", default=defaults.default_env, choices=environment_names(), help="default env")
+    parser.add_argument(
+        "--api-key-file", metavar="FILE", help=f"bearer token clients must send (default: ${API_KEY_VARIABLE})"
+    )
+    service = parser.add_argument_group("capacity and bounds")
+    service.add_argument("--max-concurrent-episodes", type=int, default=defaults.max_concurrent_episodes)
+    service.add_argument(
+        "--max-queued-episodes",
+        type=int,
+        default=defaults.max_queued_episodes,
+        help="admitted episodes waiting for a slot; past this, 429 with Retry-After",
+    )
+    service.add_argument(
+        "--batch-concurrency", type=int, default=defaults.batch_concurrency, help="most episodes per batch at once"
+    )
+    service.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="tasks per batch")
+    service.add_argument("--max-repeats", type=int, default=defaults.max_repeats)
+    service.add_argument("--max-turns-limit", type=int, default=defaults.max_turns, help="highest max_turns allowed")
+    service.add_argument(
+        "--max-steps-limit", type=int, default=defaults.max_steps_per_turn, help="highest steps per turn allowed"
+    )
+    service.add_argument(
+        "--max-tokens-limit", type=int, default=defaults.max_tokens, help="highest max tokens per call allowed"
+    )
+    service.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    service.add_argument(
+        "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds for episodes on SIGTERM"
+    )
+    add_episode_options(parser)
+    parser.set_defaults(func=cmd_serve)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / Ctrl-C."""
+    import uvicorn  # the web stack loads only for `serve`, not for every CLI command
+    from prometheus_client import CollectorRegistry
+
+    from sparring.gateway.app import build_gateway
+    from sparring.gateway.routes import gateway_router
+    from sparring.server.app import create_app
+    from sparring.server.security import resolve_api_key
+
+    settings = ServerSettings(
+        default_env=args.env,
+        max_concurrent_episodes=args.max_concurrent_episodes,
+        max_queued_episodes=args.max_queued_episodes,
+        batch_concurrency=args.batch_concurrency,
+        max_batch_size=args.max_batch_size,
+        max_repeats=args.max_repeats,
+        max_turns=args.max_turns_limit,
+        max_steps_per_turn=args.max_steps_limit,
+        max_tokens=args.max_tokens_limit,
+        max_body_bytes=args.max_body_bytes,
+        shutdown_grace_s=args.shutdown_grace,
+        api_key=resolve_api_key(args.api_key_file),
+    )
+    registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
+    gateway = build_gateway(settings_from_args(args, args.env, require=("policy",)), registry=registry)
+    app = create_app(
+        settings, lambda env: settings_from_args(args, env), extra_routers=[gateway_router(gateway)], registry=registry
+    )
+    if args.host not in LOOPBACK and settings.api_key is None:
+        print(
+            f"sparring serve: warning: binding {args.host} without an API key: anyone who can reach this port "
+            f"can run episodes on your model servers (set ${API_KEY_VARIABLE} or --api-key-file)",
+            file=sys.stderr,
+        )
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"sparring serve: listening on http://{shown}:{port} (env {args.env}; docs at /docs)", flush=True)
+    service = app.state.service
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15, access_log=False
+        )
+    )
+    uvicorn_handle_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        """The first signal also drains the service: batches stop after the grace period, then uvicorn exits."""
+        if not server.should_exit and service.loop is not None:
+            print("sparring serve: shutting down: finishing episodes in flight", file=sys.stderr, flush=True)
+            service.loop.call_soon_threadsafe(service.begin_shutdown, settings.shutdown_grace_s)
+        uvicorn_handle_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run(sockets=[sock])
+    return 0

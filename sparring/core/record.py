@@ -1,0 +1,84 @@
+"""The rollout record: one JSON object per episode (one line of JSONL), built from the final state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from sparring.core.ledger import materialize
+from sparring.core.messages import to_wire
+
+_ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
+
+
+def message_record(message: BaseMessage) -> dict[str, Any]:
+    """A message in wire form plus who produced it."""
+    record = to_wire(message)
+    record["actor"] = message.additional_kwargs.get("actor") or _ACTOR_OF_TYPE[message.type]
+    return record
+
+
+def build_record(
+    state: dict[str, Any], *, env: str, episode_id: str, task_index: int | None = None, repeat_index: int = 0
+) -> dict[str, Any]:
+    """The record design.md specifies, from an episode's final state."""
+    ledger = materialize(state.get("ledger") or ())
+    return {
+        "id": episode_id,
+        "task_index": task_index,
+        "repeat_index": repeat_index,
+        "task_id": (state.get("task") or {}).get("id"),
+        "env": env,
+        "status": state.get("status"),
+        "stop_reason": state.get("stop_reason"),
+        "reward": state.get("reward"),
+        "reward_components": state.get("reward_components") or {},
+        "env_result": state.get("env_result") or {},
+        "num_turns": state.get("turn", 0),
+        "num_policy_calls": state.get("num_policy_calls", 0),
+        "num_user_calls": state.get("num_user_calls", 0),
+        "messages": [message_record(m) for m in state.get("messages") or ()],
+        "user_messages": [to_wire(m) for m in state.get("user_messages") or ()],
+        "trajectory": {
+            "segments": ledger["segments"],
+            "prefix_mismatches": ledger["prefix_mismatches"],
+            "calls": ledger["calls"],
+        },
+        "usage": {
+            role: (state.get("usage") or {}).get(role, {"prompt_tokens": 0, "completion_tokens": 0})
+            for role in ("policy", "user")
+        },
+        "timing": {
+            "wall_s": round(state.get("wall_s", 0.0), 6),
+            "model_s": round(state.get("model_s", 0.0), 6),
+            "tool_s": round(state.get("tool_s", 0.0), 6),
+        },
+        "error": state.get("error"),
+    }
+
+
+def aborted_record(
+    task: dict[str, Any],
+    *,
+    env: str,
+    episode_id: str,
+    stop_reason: str,
+    error: BaseException | tuple[str, str],
+    task_index: int | None = None,
+    repeat_index: int = 0,
+    wall_s: float = 0.0,
+) -> dict[str, Any]:
+    """The record of an episode that could not run or finish: a crash, a stop, a lost worker, a shutdown.
+
+    `error` is the exception, or its (type, message) when it happened elsewhere (a Ray worker).
+    """
+    error_type, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else error
+    state = {
+        "task": task,
+        "status": "aborted",
+        "stop_reason": stop_reason,
+        "wall_s": wall_s,
+        "error": {"type": error_type, "message": message},
+    }
+    return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)

@@ -1,0 +1,189 @@
+"""The Engine: what every face plays episodes through.
+
+An Engine owns one compiled graph per environment (built on first use), the environments' shared
+resources, and one pool of model clients keyed by endpoint (sampling travels per call, so requests
+that only change temperature share a client). `play` runs one task and always returns a record:
+an episode that crashes, names an unknown environment, or is interrupted by the caller still ends
+with a typed `aborted` record, built in one place (`core.record.aborted_record`).
+
+    engine = Engine(settings)                       # EpisodeSettings, or env name -> EpisodeSettings
+    record = await engine.play({"env_seed": ...})   # one episode (env: the task's, else the engine's)
+    engine.stats()                                  # per role: latency histogram; per replica: counts
+    await engine.aclose()
+
+The batch runner, the Ray workers, the HTTP service, `sparring run`, Studio's graphs and the
+notebooks all play through an Engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+
+from sparring.core.errors import UsageError
+from sparring.core.ids import new_episode_id
+from sparring.core.record import aborted_record, build_record
+from sparring.core.settings import EpisodeSettings
+from sparring.engine.settings import with_overrides
+from sparring.envs.base import Environment
+from sparring.envs.registry import get_environment
+from sparring.graphs.episode import build_graph
+from sparring.models.latency import LatencyHistogram
+from sparring.models.pool import ClientPool, ReplicaStats
+from sparring.nodes.deps import EpisodeDeps
+
+SettingsSource = EpisodeSettings | Callable[[str], EpisodeSettings]
+OnUpdate = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """What an engine's model clients did: per-role call latency, per-role per-replica counts."""
+
+    latency: dict[str, LatencyHistogram]
+    replicas: ReplicaStats
+
+
+class Engine:
+    """Plays episodes: graphs per environment, model clients per endpoint, one aborted-record path."""
+
+    def __init__(
+        self,
+        settings: SettingsSource | None = None,
+        *,
+        env: str = "tictactoe",
+        environments: Mapping[str, Environment] | None = None,
+        max_clients: int = 32,
+    ) -> None:
+        """`settings`: one EpisodeSettings for every environment, or a function of the environment's name
+        (`engine.settings.resolve_settings` resolves them as the CLI does); default: EpisodeSettings().
+        `env` plays tasks that name none. `environments` are objects to use instead of the registry's."""
+        self.default_env = env
+        self._settings_source = settings if settings is not None else EpisodeSettings()
+        self._settings: dict[str, EpisodeSettings] = {}
+        self._environments = dict(environments or {})
+        self._graphs: dict[str, tuple[CompiledStateGraph, EpisodeDeps]] = {}
+        self.clients = ClientPool(max_clients)
+
+    def settings_for(self, env: str, overrides: Mapping[str, Any] | None = None) -> EpisodeSettings:
+        """The settings episodes of `env` run with, with a caller's overrides applied (checked by the same rules)."""
+        settings = self._settings.get(env)
+        if settings is None:
+            source = self._settings_source
+            settings = self._settings[env] = source if isinstance(source, EpisodeSettings) else source(env)
+        return with_overrides(settings, overrides)
+
+    def environment(self, env: str) -> Environment:
+        """The environment object `env` plays with (shared by its episodes)."""
+        return self.deps(env).env
+
+    def graph(self, env: str) -> CompiledStateGraph:
+        """The compiled episode graph of `env`, built on first use."""
+        return self._built(env)[0]
+
+    def deps(self, env: str) -> EpisodeDeps:
+        """What `env`'s nodes share: the environment, its tool sets, the model clients."""
+        return self._built(env)[1]
+
+    def _built(self, env: str) -> tuple[CompiledStateGraph, EpisodeDeps]:
+        built = self._graphs.get(env)
+        if built is None:
+            environment = self._environments.get(env) or get_environment(env)
+            deps = EpisodeDeps(environment, self.clients)
+            built = self._graphs[env] = (build_graph(environment, deps), deps)
+        return built
+
+    async def play(
+        self,
+        task: dict[str, Any],
+        *,
+        env: str | None = None,
+        settings: EpisodeSettings | Mapping[str, Any] | None = None,
+        task_index: int | None = None,
+        repeat_index: int = 0,
+        episode_id: str | None = None,
+        on_update: OnUpdate | None = None,
+    ) -> dict[str, Any]:
+        """Play one task; a crash anywhere (a bug, an unknown environment) still yields a record, `aborted`.
+
+        `settings` are the episode's own (a whole EpisodeSettings, or overrides of the engine's for this
+        environment). `on_update(node, update)` sees each node's update as it happens (a live transcript).
+        Cancelling the call cancels the episode (no record); the batch runner turns that into one.
+        """
+        env = env or task.get("env") or self.default_env
+        episode_id = episode_id or new_episode_id(task_index, repeat_index)
+        started = time.time()
+        try:
+            episode_settings = settings if isinstance(settings, EpisodeSettings) else self.settings_for(env, settings)
+            graph = self.graph(env)
+        except UsageError as exc:  # an unknown environment, settings outside their rules: this task fails
+            return self.aborted(task, env, episode_id, "invalid_task", exc, task_index, repeat_index, started)
+        graph_input = {"task": task, "episode_id": episode_id}
+        try:
+            if on_update is None:
+                state = await graph.ainvoke(graph_input, context=episode_settings)
+            else:
+                state = await _stream(graph, graph_input, episode_settings, on_update)
+        except Exception as exc:
+            return self.aborted(task, env, episode_id, "internal_error", exc, task_index, repeat_index, started)
+        finally:
+            self.clients.release(episode_id)
+        return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)
+
+    @staticmethod
+    def aborted(
+        task: dict[str, Any],
+        env: str,
+        episode_id: str,
+        stop_reason: str,
+        error: BaseException | tuple[str, str],
+        task_index: int | None,
+        repeat_index: int,
+        started: float | None = None,
+    ) -> dict[str, Any]:
+        """The record of an episode that could not run or finish (see `core.record.aborted_record`)."""
+        return aborted_record(
+            task,
+            env=env,
+            episode_id=episode_id,
+            stop_reason=stop_reason,
+            error=error,
+            task_index=task_index,
+            repeat_index=repeat_index,
+            wall_s=0.0 if started is None else time.time() - started,
+        )
+
+    def record(self, state: dict[str, Any], *, env: str | None = None) -> dict[str, Any]:
+        """The rollout record of an episode's final state (a run stepped through by hand, Studio's thread)."""
+        return build_record(state, env=env or self.default_env, episode_id=state.get("episode_id") or "")
+
+    def stats(self) -> EngineStats:
+        """Per role, the latency of every answered model call; per role and replica, its counts."""
+        return EngineStats(latency=self.clients.latency(), replicas=self.clients.replica_stats())
+
+    async def aclose(self) -> None:
+        """Close the model clients and every environment's pooled resources."""
+        await self.clients.aclose()
+        for _, deps in self._graphs.values():
+            await deps.env.aclose()
+
+
+async def _stream(
+    graph: CompiledStateGraph,
+    graph_input: dict[str, Any],
+    settings: EpisodeSettings,
+    on_update: OnUpdate,
+) -> dict[str, Any]:
+    """Run while reporting every node's update; returns the final state."""
+    state: dict[str, Any] = {}
+    async for mode, chunk in graph.astream(graph_input, context=settings, stream_mode=["updates", "values"]):
+        if mode == "values":
+            state = chunk
+        else:
+            for node, update in chunk.items():
+                on_update(node, update or {})
+    return state

@@ -1,0 +1,108 @@
+"""`show`: read one rollout record back, as a transcript on the terminal or as an HTML page.
+
+Records hold token ids, not text. For display only, ids are decoded one by one with the policy's
+tokenizer when one is given (`--tokenizer DIR`, or `sparring-fake:` for the scripted server);
+training data is never rebuilt from text. Without a tokenizer the page shows the ids themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from langchain_core.messages import BaseMessage
+
+from sparring.core.errors import InputError
+from sparring.core.messages import from_wire
+from sparring.models.tito import FAKE_TOKENIZER_PREFIX, TokenizerUnavailable, load_tokenizer
+from sparring.views.transcript import format_message
+
+REQUIRED_FIELDS = ("id", "status", "messages", "trajectory")
+
+
+class RecordError(InputError):
+    """A record file or index that cannot be shown; the message names the file, line and field."""
+
+
+def load_record(path: str | Path, index: int) -> dict[str, Any]:
+    """The `index`-th record (0-based; negative counts from the end) of a JSONL file of rollout records."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: no such file")
+    lines = [(number, line) for number, line in enumerate(path.read_bytes().splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise RecordError(f"{path}: no records in the file")
+    if not -len(lines) <= index < len(lines):
+        raise RecordError(
+            f"{path}: --index {index} is out of range; the file has {len(lines)} records (0-{len(lines) - 1})"
+        )
+    number, line = lines[index]
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{number}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        raise RecordError(f"{path}:{number}: not a rollout record (missing field {', '.join(missing)})")
+    return record
+
+
+def as_messages(wire_messages: Sequence[dict[str, Any]]) -> list[BaseMessage]:
+    """Record messages as LangChain messages, keeping each one's actor, so the live transcript's format applies."""
+    messages = []
+    for wire in wire_messages:
+        message = from_wire(wire)
+        if wire.get("actor"):
+            message.additional_kwargs["actor"] = wire["actor"]
+        messages.append(message)
+    return messages
+
+
+def token_summary(record: dict[str, Any]) -> str:
+    """One line on the token data: segments, tokens, trained tokens, their mean logprob, prefix mismatches."""
+    trajectory = record["trajectory"]
+    segments = trajectory.get("segments") or []
+    total = sum(len(s["token_ids"]) for s in segments)
+    trained = [lp for s in segments for lp, m in zip(s["logprobs"], s["loss_mask"], strict=True) if m]
+    mean = f", mean logprob {sum(trained) / len(trained):.3f}" if trained else ""
+    return (
+        f"tokens: {len(segments)} segment(s), {total} tokens, {len(trained)} trained (loss mask 1){mean}, "
+        f"{len(trajectory.get('calls') or [])} policy calls, {trajectory.get('prefix_mismatches', 0)} prefix mismatches"
+    )
+
+
+def transcript_lines(record: dict[str, Any], view: str = "policy") -> list[str]:
+    """The record as the live transcript prints it, framed by its outcome."""
+    lines = [
+        f"episode {record['id']}  env {record.get('env')}  task {record.get('task_id')}  "
+        f"status {record['status']} ({record.get('stop_reason')})  reward {record.get('reward')}",
+        "",
+    ]
+    history = record["messages"] if view == "policy" else record.get("user_messages") or []
+    for message in as_messages(history):
+        lines.extend([format_message(message, view=view), ""])
+    if record.get("error"):
+        lines.append(f"error: {record['error'].get('type')}: {record['error'].get('message')}")
+    lines.append(
+        f"{record.get('num_turns', 0)} turns, {record.get('num_policy_calls', 0)} policy calls, "
+        f"{record.get('num_user_calls', 0)} user calls, {(record.get('timing') or {}).get('wall_s', 0):.2f} s"
+    )
+    lines.append(token_summary(record))
+    return lines
+
+
+def token_decoder(spec: str | None) -> Callable[[int], str] | None:
+    """Id -> text for display, from a tokenizer folder or `sparring-fake:`; None shows ids instead."""
+    if not spec:
+        return None
+    if not spec.startswith(FAKE_TOKENIZER_PREFIX) and not Path(spec).is_dir():
+        raise RecordError(f"--tokenizer {spec}: no such folder (pass the policy model's local folder)")
+    try:
+        tokenizer = load_tokenizer(spec)
+    except TokenizerUnavailable as exc:
+        raise RecordError(str(exc)) from None
+    return lambda token_id: tokenizer.decode([token_id])
