@@ -11,8 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from langchain_core.runnables.graph import Graph
-from langgraph.graph.state import CompiledStateGraph
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI lists FORMATS in its help without loading LangGraph
+    from langchain_core.runnables.graph import Graph
+    from langgraph.graph.state import CompiledStateGraph
 
 FORMATS = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid"}
 
