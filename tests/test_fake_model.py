@@ -493,6 +493,11 @@ def test_register_adds_the_fake_model_subcommand() -> None:
     args = parser.parse_args(["fake-model", "--port", "8123", "--template", "rewriting", "--max-model-len", "99"])
     assert (args.port, args.preset, args.template, args.max_model_len) == (8123, "tictactoe", "rewriting", 99)
     assert args.func is run_server
+    assert (args.scale_out, args.dev_mode, args.lora, args.weight_version) == (True, True, True, "default")
+    switches = ["fake-model", "--no-scale-out", "--no-dev-mode", "--no-lora", "--token-latency", "0.5"]
+    args = parser.parse_args([*switches, "--max-num-seqs", "4", "--weight-version", "v0"])
+    assert (args.scale_out, args.dev_mode, args.lora) == (False, False, False)
+    assert (args.token_latency, args.max_num_seqs, args.weight_version) == (0.5, 4, "v0")
 
 
 async def test_subprocess_server_starts_and_answers() -> None:
@@ -506,6 +511,16 @@ async def test_subprocess_server_starts_and_answers() -> None:
     assert status == 200
     assert body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"position": 4}'
     assert process is not None and process.returncode == 0
+
+
+async def test_subprocess_server_takes_the_version_and_the_off_switches() -> None:
+    with FakeModelProcess("echo", weight_version="v0", dev_mode=False, lora=False, max_num_seqs=2) as server:
+        prompt = FakeTokenizer().apply_chat_template([{"role": "user", "content": "same"}], add_generation_prompt=True)
+        status, body = await post(f"{server.url}/inference/v1/generate", {"token_ids": prompt, "sampling_params": {}})
+        paused = await send_json("POST", f"{server.url}/pause")
+    assert status == 200 and body["choices"][0]["token_ids"] == generated("same")
+    assert body["choices"][0]["weight_versions"] == [{"version": "v0", "start": 0, "end": len(generated("same"))}]
+    assert paused == (404, {"detail": "Not Found"})
 
 
 # -- vLLM's RL and token endpoints ----------------------------------------------------------------------
@@ -580,7 +595,21 @@ async def test_render_gives_the_chat_endpoints_own_prompt_ids_and_generate_answe
     assert rendered["token_ids"] == chat_reply["prompt_token_ids"]
     assert rendered["token_ids"] == FakeTokenizer().apply_chat_template(OPENING, [MAKE_MOVE], True)
     assert rendered["request_id"].startswith("chatcmpl-") and rendered["model"] == "policy"
-    assert rendered["sampling_params"] == {"max_tokens": 100, "output_kind": 2, "skip_clone": True}
+    assert rendered["sampling_params"] == {  # as a real vLLM 0.32 renders them
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "stop": [],
+        "stop_token_ids": [],
+        "max_tokens": 100,
+        "output_kind": 2,
+        "skip_clone": True,
+        "bad_words": [],
+        "skip_reading_prefix_cache": False,
+    }
     assert status == 200 and list(body) == GENERATE_KEYS
     assert body["request_id"].startswith("generate-tokens-") and body["model"] == "policy"
     assert body["prompt_token_ids"] == rendered["token_ids"] and body["output_mode"] == "tokens"
@@ -651,11 +680,28 @@ async def test_render_completions_takes_text_or_ids_one_or_many() -> None:
         missing_model = await post(url, {"prompt": "abc", "model": "gpt-9"})
     [single] = one
     assert single["token_ids"] == encode("abc") and single["request_id"].startswith("cmpl-")
-    assert single["sampling_params"] == {"max_tokens": 5, "logprobs": 1, "output_kind": 2, "skip_clone": True}
+    assert single["sampling_params"] == {
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "stop": [],
+        "stop_token_ids": [],
+        "max_tokens": 5,
+        "logprobs": 1,
+        "output_kind": 2,
+        "skip_clone": True,
+        "bad_words": [],
+        "skip_reading_prefix_cache": False,
+    }
     assert [r["token_ids"] for r in many] == [[3, 4], [5]]
     assert [r["request_id"][-2:] for r in many] == ["-0", "-1"]
     assert many[0]["sampling_params"]["max_tokens"] == 16  # the completions default, as vLLM's
-    assert missing_model[0] == 404 and missing_model[1]["error"]["message"] == "The model `gpt-9` does not exist."
+    assert missing_model[0] == 404 and missing_model[1]["error"]["message"].startswith(
+        "The model `gpt-9` does not exist."
+    )
 
 
 async def test_pause_keep_freezes_generation_and_a_version_update_splits_its_spans() -> None:
@@ -752,19 +798,23 @@ async def test_pause_abort_ends_running_requests_at_once_and_the_partial_reply_c
     assert late["choices"][0]["message"]["content"] == reply  # it waited for the resume, then ran
 
 
-async def test_abort_requests_by_the_ids_clients_gave_them() -> None:
+async def test_abort_requests_by_the_servers_ids_of_them() -> None:
     gate = TokenGate()
     async with FakeModelServer({"policy": "slow"}, token_gate=gate) as server:
         prompt = encode("x")
         mine = asyncio.create_task(generate(server, prompt, request_id="mine"))
         other = asyncio.create_task(generate(server, prompt, request_id="other"))
         await until(server, lambda: len(server.engine.running) == 2)
-        status, text = await send("POST", f"{server.url}/inference/v1/abort_requests", {"request_ids": ["mine"]})
+        client_id = await send_json("POST", f"{server.url}/abort_requests", {"request_ids": ["mine"]})
+        assert len(server.engine.running) == 2  # vLLM takes its own id, `generate-tokens-mine`, not the client's
+        body = {"request_ids": ["generate-tokens-mine"]}
+        status, text = await send("POST", f"{server.url}/inference/v1/abort_requests", body)
         _, mine_body = await mine
         gate.open()
         _, other_body = await other
         everything = await send_json("POST", f"{server.url}/abort_requests", {})
         bad = await send_json("POST", f"{server.url}/inference/v1/abort_requests", {})
+    assert client_id == (200, {"status": "aborted", "aborted": 1})  # vLLM counts the ids it was sent
     assert (status, text) == (200, "")
     assert mine_body["request_id"] == "generate-tokens-mine"
     assert mine_body["choices"][0]["finish_reason"] == "abort" and mine_body["choices"][0]["token_ids"] == []
@@ -861,7 +911,7 @@ async def test_metrics_count_running_and_queued_requests_and_kv_cache_usage() ->
         "vllm:num_requests_waiting": 1.0,
         "vllm:kv_cache_usage_perc": 0.1,  # 10 prompt tokens of 100
     }
-    assert 'vllm:num_requests_running{model_name="policy",engine="0"} 1.0' in busy
+    assert 'vllm:num_requests_running{engine="0",model_name="policy"} 1.0' in busy
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -914,3 +964,65 @@ async def test_token_latency_paces_every_token_and_the_reply_is_unchanged() -> N
         _, body = await generate(server, encode("x"))
     assert body["choices"][0]["token_ids"] == generated("paced")
     assert body["choices"][0]["weight_versions"] == [{"version": "default", "start": 0, "end": len(generated("paced"))}]
+
+
+async def test_requests_beyond_max_num_seqs_wait_in_the_queue_for_a_free_slot() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "one"}, token_gate=gate, max_num_seqs=1) as server:
+        first = asyncio.create_task(generate(server, encode("a")))
+        second = asyncio.create_task(generate(server, encode("b")))
+        await until(server, lambda: len(server.engine.running) == 1 and len(server.engine.queued) == 1)
+        _, metrics = await send("GET", f"{server.url}/metrics")
+        gate.open()
+        results = await asyncio.gather(first, second)
+    assert gauges(metrics)["vllm:num_requests_running"] == 1.0
+    assert gauges(metrics)["vllm:num_requests_waiting"] == 1.0
+    assert [body["choices"][0]["token_ids"] for _, body in results] == [generated("one")] * 2
+
+
+async def test_keep_pause_resets_the_prefix_cache_unless_told_not_to() -> None:
+    async with FakeModelServer({"policy": "x"}) as server:
+        await send_json("POST", f"{server.url}/pause?mode=keep")
+        await send_json("POST", f"{server.url}/pause?mode=keep&clear_cache=false")
+        bad_flag = await send_json("POST", f"{server.url}/pause?mode=keep&clear_cache=perhaps")
+        await send_json("POST", f"{server.url}/resume")
+        not_paused = await send_json("GET", f"{server.url}/is_paused")
+        unknown = await generate(server, encode("x"), model="gpt-9")
+    assert server.engine.prefix_cache_resets == 1
+    assert bad_flag[0] == 400 and bad_flag[1]["error"]["param"] == "query.clear_cache"
+    assert not_paused == (200, {"is_paused": False})
+    assert unknown[1]["error"]["message"] == "The model `gpt-9` does not exist. Valid aliases: policy."
+
+
+async def stream_events(url: str, body: dict[str, Any]) -> list[Any]:
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        lines = [line[6:].strip() async for line in response.content if line.startswith(b"data: ")]
+    assert lines[-1] == b"[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+async def test_aborted_streams_end_with_an_abort_chunk() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "a streamed reply"}, token_gate=gate) as server:
+        body = {"token_ids": encode("x"), "sampling_params": {}, "stream": True}
+        tokens = asyncio.create_task(stream_events(f"{server.url}/inference/v1/generate", body))
+        gate.allow(2)
+        await until(server, lambda: gate.passed == 2)
+        await send_json("POST", f"{server.url}/pause?mode=abort")
+        generate_chunks = await tokens
+        await send_json("POST", f"{server.url}/resume")
+        chat_body = {"model": "policy", "messages": OPENING, "stream": True, "return_token_ids": True}
+        chatting = asyncio.create_task(stream_events(f"{server.base_url}/chat/completions", chat_body))
+        await until(server, lambda: len(server.engine.running) == 1)
+        await send_json("POST", f"{server.url}/pause?mode=abort")
+        chat_chunks = await chatting
+    choices = [chunk["choices"][0] for chunk in generate_chunks]
+    assert [c["token_ids"] for c in choices] == [
+        generated("a streamed reply")[:1],
+        generated("a streamed reply")[1:2],
+        [],
+    ]
+    assert [c["finish_reason"] for c in choices] == [None, None, "abort"]
+    assert choices[-1]["weight_versions"] == [{"version": "default", "start": 0, "end": 2}]
+    assert [c["choices"][0]["finish_reason"] for c in chat_chunks] == [None, "abort"]  # the role chunk, then the end
+    assert chat_chunks[-1]["choices"][0]["token_ids"] == []

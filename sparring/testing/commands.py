@@ -64,6 +64,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="size of the made-up KV cache behind vllm:kv_cache_usage_perc (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="requests that run at once; more wait in vLLM's queue (default: no limit)",
+    )
+    parser.add_argument(
         "--no-scale-out",
         dest="scale_out",
         action="store_false",
@@ -102,6 +108,7 @@ async def serve(args: argparse.Namespace) -> None:
         dev_mode=args.dev_mode,
         lora=args.lora,
         kv_cache_tokens=args.kv_cache_tokens,
+        max_num_seqs=args.max_num_seqs,
     )
     async with server:
         print(server.base_url, flush=True)

@@ -10,11 +10,11 @@ as on vLLM. The semantics of pausing live in `engine`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
-from sparring.testing.engine import PAUSE_MODES
+from sparring.testing.engine import PAUSE_MODES, PauseMode
 from sparring.testing.errors import Refusal, error_body, invalid, json_response, missing, sanitize
 from sparring.testing.server import FakeModelServer
 
@@ -44,7 +44,8 @@ class DevEndpoints:
     async def pause(self, request: web.Request) -> web.Response:
         """`POST /pause?mode=`: "abort" (the default) ends running requests, "wait" answers once they have
         finished, "keep" freezes them; new requests wait for `/resume` in every mode. Unless
-        `clear_cache=false`, an "abort" or "wait" pause also resets the prefix cache, as vLLM's does."""
+        `clear_cache=false`, every pause also resets the prefix cache (vLLM's, keep included, preempting
+        frozen requests, which recompute their cache on resume)."""
         try:
             mode = request.query.get("mode", "abort")
             if mode not in PAUSE_MODES:
@@ -52,8 +53,8 @@ class DevEndpoints:
             clear_cache = _query_flag(request, "clear_cache", True)
         except Refusal as refusal:
             return refusal.response()
-        await self.engine.pause(mode)
-        if clear_cache and mode != "keep":
+        await self.engine.pause(cast(PauseMode, mode))
+        if clear_cache:
             self.engine.reset_prefix_cache(reset_running_requests=True)
         return json_response({"status": "paused"})
 

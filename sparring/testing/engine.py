@@ -8,7 +8,8 @@ It plays the part of vLLM's engine core for the fake server, with the same obser
   choice generated across a version change gets two spans); `pause("wait")` lets running requests
   finish and returns when none is left; `pause("abort")` ends every request at once, each reported
   with what it had generated and finish reason "abort"; in every mode a request that arrives while
-  paused waits (vLLM queues it) until `resume()`;
+  paused waits (vLLM queues it) until `resume()`, as does one beyond `max_num_seqs` running requests
+  until a slot frees;
 - tokens come one by one, paced by `token_latency_s` and/or a `TokenGate` a test opens; without
   either and while not paused, a whole reply comes in one go (the fast path benchmarks rely on).
 """
@@ -104,12 +105,12 @@ class TokenGate:
 class Job:
     """One request inside the engine, from its admission to its answer."""
 
-    __slots__ = ("aborted", "external_id", "generated", "prompt_tokens", "queued", "wake")
+    __slots__ = ("aborted", "generated", "prompt_tokens", "queued", "request_id", "wake")
 
-    def __init__(self, prompt_tokens: int, external_id: str | None) -> None:
+    def __init__(self, prompt_tokens: int, request_id: str | None) -> None:
         self.prompt_tokens = prompt_tokens
-        self.external_id = external_id
-        """The id a client can abort it by: `X-Request-Id`, else the body's `request_id`."""
+        self.request_id = request_id
+        """The server's id of the request, which `/abort_requests` takes (e.g. `generate-tokens-<client id>`)."""
         self.generated = 0
         self.queued = False
         self.aborted = False
@@ -138,7 +139,10 @@ class ScriptedEngine:
         token_latency_s: float = 0.0,
         token_gate: TokenGate | None = None,
         kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS,
+        max_num_seqs: int | None = None,
     ) -> None:
+        if max_num_seqs is not None and max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if token_latency_s < 0:
             raise ValueError(f"token_latency_s must be >= 0, got {token_latency_s}")
         if kv_cache_tokens < 1:
@@ -147,6 +151,8 @@ class ScriptedEngine:
         self.token_latency_s = token_latency_s
         self.token_gate = token_gate
         self.kv_cache_tokens = kv_cache_tokens
+        self.max_num_seqs = max_num_seqs
+        """Requests that may run at once; more wait in the queue (None: no limit)."""
         self.pause_mode: PauseMode | None = None
         self.running: set[Job] = set()
         self.queued: set[Job] = set()
@@ -174,20 +180,26 @@ class ScriptedEngine:
 
     # -- a request's life -----------------------------------------------------------------------------
 
-    async def admit(self, prompt_tokens: int, external_id: str | None) -> Job:
-        """Take a request in; while generation is paused it waits (queued) until resumed or aborted."""
-        job = Job(prompt_tokens, external_id)
-        if self.pause_mode is not None and not self.closing:
+    async def admit(self, prompt_tokens: int, request_id: str | None) -> Job:
+        """Take a request in; it waits (queued) while generation is paused or `max_num_seqs` requests run,
+        until resumed, a slot frees, or it is aborted."""
+        job = Job(prompt_tokens, request_id)
+        if not self._has_room():
             job.queued = True
             self.queued.add(job)
             self.signal.notify()
-            await self.signal.wait_for(lambda: self.pause_mode is None or job.aborted or self.closing)
+            await self.signal.wait_for(lambda: self._has_room() or job.aborted)
             self.queued.discard(job)
             job.queued = False
         if not job.aborted:
             self.running.add(job)
         self.signal.notify()
         return job
+
+    def _has_room(self) -> bool:
+        if self.closing:
+            return True
+        return self.pause_mode is None and (self.max_num_seqs is None or len(self.running) < self.max_num_seqs)
 
     def finish(self, job: Job) -> None:
         """The request has been answered."""
@@ -224,7 +236,7 @@ class ScriptedEngine:
                 spans.append(_span(version, len(out), len(out) + 1))
             out.append(token_id)
             job.generated += 1
-        self.signal.notify()
+            self.signal.notify()  # waiters may count tokens (`job.generated`, the KV gauge)
         return Emitted(out, spans, job.aborted)
 
     def _may_emit(self) -> bool:
@@ -248,12 +260,12 @@ class ScriptedEngine:
         self.pause_mode = None
         self.signal.notify()
 
-    def abort(self, external_ids: Iterable[str] | None = None) -> int:
+    def abort(self, request_ids: Iterable[str] | None = None) -> int:
         """End requests at once (all of them without ids), as vLLM's `/abort_requests`; returns how many."""
         jobs = list(self.running) + list(self.queued)
-        if external_ids is not None:
-            wanted = set(external_ids)
-            jobs = [job for job in jobs if job.external_id in wanted]
+        if request_ids is not None:
+            wanted = set(request_ids)
+            jobs = [job for job in jobs if job.request_id in wanted]
         self._abort(jobs)
         self.signal.notify()
         return len(jobs)

@@ -110,6 +110,10 @@ def missing(location: tuple[str, ...], body: Any) -> Refusal:
     return Refusal(400, missing_field(location, body))
 
 
-def model_not_found(model: str) -> Refusal:
-    """vLLM's 404 for a model name it does not serve (nor a loaded adapter)."""
-    return Refusal(404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"))
+def model_not_found(model: str, aliases: Sequence[str] | None = None) -> Refusal:
+    """vLLM's 404 for a model name it does not serve (nor a loaded adapter); vLLM 0.32 lists the served
+    names after it (`aliases`; the scripted server's older endpoints answer without them)."""
+    message = f"The model `{model}` does not exist."
+    if aliases is not None:
+        message += f" Valid aliases: {', '.join(aliases)}."
+    return Refusal(404, error_body(message, "NotFoundError", 404, "model"))

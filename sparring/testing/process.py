@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from sparring.testing.engine import DEFAULT_MAX_MODEL_LEN, DEFAULT_WEIGHT_VERSION
+from sparring.testing.engine import DEFAULT_KV_CACHE_TOKENS, DEFAULT_MAX_MODEL_LEN, DEFAULT_WEIGHT_VERSION
 from sparring.testing.responders import PRESETS
 from sparring.testing.tokenizer import Template
 
@@ -39,6 +39,8 @@ class FakeModelProcess:
         scale_out: bool = True,
         dev_mode: bool = True,
         lora: bool = True,
+        max_num_seqs: int | None = None,
+        kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(sorted(PRESETS))}")
@@ -52,6 +54,9 @@ class FakeModelProcess:
             *(() if scale_out else ("--no-scale-out",)),
             *(() if dev_mode else ("--no-dev-mode",)),
             *(() if lora else ("--no-lora",)),
+            *(() if max_num_seqs is None else ("--max-num-seqs", str(max_num_seqs))),
+            "--kv-cache-tokens",
+            str(kv_cache_tokens),
         ]
         self.startup_timeout = startup_timeout
         self.base_url = ""

@@ -105,7 +105,7 @@ def as_step(reply: Reply) -> Step:
     if isinstance(reply, str):
         return Say(reply)
     if isinstance(reply, Sequence) and all(isinstance(c, Call) for c in reply):
-        return Calls(tuple(reply))
+        return Calls(tuple(c for c in reply if isinstance(c, Call)))
     raise TypeError(f"a responder returned {reply!r}; expected a step, a string or a list of Call")
 
 

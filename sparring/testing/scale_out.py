@@ -71,9 +71,10 @@ class ScaleOutEndpoints:
             if output_mode not in ("tokens", "text"):
                 message = "Input should be 'tokens' or 'text'"
                 raise invalid(("body", "output_mode"), "literal_error", message, output_mode)
-            target = server._record(request, body, body.get("model") or server.base_model or "")
+            target = server._record(request, body, body.get("model") or server.base_model or "", list_aliases=True)
             _check_vocabulary(token_ids)
             self._check_prompt_length(len(token_ids))
+            request_id = f"generate-tokens-{server._external_id(request, body) or uuid.uuid4().hex}"
             head, partial = split_open_reply(token_ids)
             messages, tools = parse_prompt(decode(head))
             call = GenerationCall(
@@ -84,14 +85,13 @@ class ScaleOutEndpoints:
                 token_ids,
                 self._max_tokens(params, len(token_ids)),
                 "generate",
-                server._external_id(request, body),
+                request_id,
                 choices=_choices(params.get("n", 1)),
                 partial=partial,
             )
             completions = await server._run(request, call)
         except Refusal as refusal:
             return refusal.response()
-        request_id = f"generate-tokens-{server._external_id(request, body) or uuid.uuid4().hex}"
         prompt_ids = token_ids if body.get("return_token_ids") else None
         if body.get("stream"):
             options = body.get("stream_options")

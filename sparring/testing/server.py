@@ -131,7 +131,8 @@ class GenerationCall:
     prompt_ids: list[int]
     max_tokens: int
     endpoint: str
-    external_id: str | None
+    request_id: str | None
+    """The server's id for it (what `/abort_requests` takes), when the client named it or the endpoint makes one."""
     choices: int = 1
     parse_tools: bool = False
     partial: list[int] = field(default_factory=list)
@@ -181,6 +182,7 @@ class FakeModelServer:
         lora: bool = True,
         adapters: Mapping[str, Responder | Reply] | None = None,
         kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS,
+        max_num_seqs: int | None = None,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
@@ -208,6 +210,7 @@ class FakeModelServer:
             token_latency_s=token_latency_s,
             token_gate=token_gate,
             kv_cache_tokens=kv_cache_tokens,
+            max_num_seqs=max_num_seqs,
         )
         self.loaded_adapters: dict[str, str] = {}
         """LoRA adapters loaded now: name -> path."""
@@ -308,7 +311,7 @@ class FakeModelServer:
                 prompt_ids,
                 max_tokens,
                 "chat",
-                self._external_id(request, body),
+                self._server_id("chatcmpl", request, body),
                 choices=self._num_choices(body.get("n")),  # each choice is the responder's next step
                 parse_tools=bool(tools) and tool_choice != "none",
             )
@@ -332,9 +335,9 @@ class FakeModelServer:
             messages, tools = parse_prompt(decode(prompt_ids))
             max_tokens = self._max_tokens(body.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS), prompt_ids)
             tool_choice = "auto" if tools else "none"
-            external_id = self._external_id(request, body)
+            request_id = self._server_id("cmpl", request, body)
             call = GenerationCall(
-                target, messages, tools, tool_choice, prompt_ids, max_tokens, "completions", external_id
+                target, messages, tools, tool_choice, prompt_ids, max_tokens, "completions", request_id
             )
             [completion] = await self._run(request, call)
         except Refusal as refusal:
@@ -346,6 +349,7 @@ class FakeModelServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         created = int(time.time())
+        cards: list[tuple[str, str, str | None, int | None]]
         cards = [(name, name, None, self.max_model_len) for name in self.responders]
         cards += [(name, path, self.base_model, None) for name, path in self.loaded_adapters.items()]
         data = [
@@ -409,15 +413,16 @@ class FakeModelServer:
         body = await self._read_json(request)
         return self._record(request, body, body.get("model") or ""), body
 
-    def _record(self, request: web.Request, body: dict[str, Any], model: str) -> Target:
-        """Record the request (unless recording is off), then resolve its model or refuse with vLLM's 404."""
+    def _record(self, request: web.Request, body: dict[str, Any], model: str, *, list_aliases: bool = False) -> Target:
+        """Record the request (unless recording is off), then resolve its model or refuse with vLLM's 404
+        (listing the served names with `list_aliases`, as vLLM 0.32 does)."""
         target = self._target(model)
         if self.record:
             adapter = target.adapter if target is not None else None
             entry = {"path": request.path, "model": model, "body": body, "headers": request.headers, "adapter": adapter}
             self.requests.append(entry)
         if target is None:
-            raise model_not_found(model)
+            raise model_not_found(model, list(self.responders) if list_aliases else None)
         return target
 
     def _target(self, model: str) -> Target | None:
@@ -438,13 +443,19 @@ class FakeModelServer:
     def _check_model(self, model: Any) -> None:
         """No model means the base model; any other name must be served (adapters included)."""
         if model and (not isinstance(model, str) or self._target(model) is None):
-            raise model_not_found(str(model))
+            raise model_not_found(str(model), list(self.responders))
 
     @staticmethod
     def _external_id(request: web.Request, body: Mapping[str, Any]) -> str | None:
         """The id a client gave the request (`X-Request-Id`, else the body's `request_id`), as vLLM takes it."""
         given = request.headers.get("X-Request-Id") or body.get("request_id")
         return given if isinstance(given, str) and given else None
+
+    @classmethod
+    def _server_id(cls, prefix: str, request: web.Request, body: Mapping[str, Any]) -> str | None:
+        """vLLM's id for a request the client named: `<prefix>-<the client's id>` (None if unnamed)."""
+        given = cls._external_id(request, body)
+        return None if given is None else f"{prefix}-{given}"
 
     def _next_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):08x}"
@@ -475,7 +486,7 @@ class FakeModelServer:
     async def _run(self, request: web.Request, call: GenerationCall) -> list[Completion]:
         """Admit the request to the engine, ask the responder for each choice, and let the engine
         generate each reply (paced, paused, aborted as it says)."""
-        job = await self.engine.admit(len(call.prompt_ids), call.external_id)
+        job = await self.engine.admit(len(call.prompt_ids), call.request_id)
         try:
             if job.aborted:  # aborted while queued: nothing was asked or generated
                 return [self._complete(_NOTHING, Emitted([], [], True), False) for _ in range(call.choices)]

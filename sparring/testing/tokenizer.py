@@ -158,6 +158,7 @@ def render_messages(
     rewrite = template == "rewriting"
     parts: list[str] = []
     start = 0
+    system: str | None
     if messages and messages[0].get("role") == "system":
         system = content_text(messages[0].get("content"))
         start = 1

@@ -194,6 +194,9 @@ def _choice_chunks(
         if with_ids:
             choice["token_ids"] = [token_id]
         chunks.append({**head, "choices": [choice]})
+    if not completion.ids and completion.finish_reason == "abort":  # aborted before its first token
+        ended: dict[str, Any] = {"index": index, "delta": {}, "logprobs": None, "finish_reason": "abort"}
+        chunks.append({**head, "choices": [{**ended, **({"token_ids": []} if with_ids else {})}]})
     return chunks
 
 
@@ -340,9 +343,11 @@ def generate_chunks(
         for position, step in enumerate(steps):
             last = position == len(steps) - 1
             text = None
-            if text_mode:
+            if text_mode:  # a character cut between tokens waits for its last byte
                 so_far = decode(ids[: position + len(step)], skip_special)
-                text, shown = so_far[len(shown) :], so_far
+                text = ""
+                if last or not so_far.endswith("\ufffd"):
+                    text, shown = so_far[len(shown) :], so_far
             logprobs = _output_logprobs(step, params.get("logprobs"), text_mode, position)
             deltas.append(_generate_choice(index, completion, step, logprobs, last, text))
         per_choice.append(deltas)
@@ -367,48 +372,44 @@ def generate_chunks(
 
 # -- /v1/*/render ---------------------------------------------------------------------------------------
 
-_SAMPLING_KEYS = (
-    "n",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "ignore_eos",
-)
-"""Sampling fields a render copies from the request, in the order vLLM's `SamplingParams` lists them."""
-_SAMPLING_DEFAULTS: dict[str, Any] = {
-    "n": 1,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "repetition_penalty": 1.0,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "ignore_eos": False,
-}
 OUTPUT_KIND_DELTA = 1
 OUTPUT_KIND_FINAL_ONLY = 2
+_GREEDY_BELOW = 1e-5
+"""vLLM samples greedily below this temperature, and then drops top_p, top_k and min_p."""
 
 
 def rendered_sampling_params(body: Mapping[str, Any], max_tokens: int, logprobs: int | None) -> dict[str, Any]:
-    """The `sampling_params` a render returns: like vLLM's, only the fields that differ from their defaults."""
-    params: dict[str, Any] = {}
-    for key in _SAMPLING_KEYS:
+    """The `sampling_params` a render returns, with the fields and in the order a real vLLM 0.32 sends
+    them (captured: the penalties, temperature, top_p and min_p always; n, top_k, seed only when set)."""
+
+    def given(key: str, default: Any) -> Any:
         value = body.get(key)
-        if value is not None and value != _SAMPLING_DEFAULTS.get(key):
-            params[key] = value
+        return default if value is None else value
+
+    params: dict[str, Any] = {}
+    if given("n", 1) != 1:
+        params["n"] = body["n"]
+    for key, default in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0)):
+        params[key] = float(given(key, default))
+    temperature = float(given("temperature", 1.0))
+    params["temperature"] = temperature
+    if temperature >= _GREEDY_BELOW:
+        params["top_p"] = float(given("top_p", 1.0))
+        if given("top_k", 0) not in (0, -1):
+            params["top_k"] = body["top_k"]
+        params["min_p"] = float(given("min_p", 0.0))
+    if body.get("seed") is not None:
+        params["seed"] = body["seed"]
+    stop = given("stop", [])
+    params["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    params["stop_token_ids"] = list(given("stop_token_ids", []))
+    if body.get("ignore_eos"):
+        params["ignore_eos"] = True
     params["max_tokens"] = max_tokens
     if logprobs is not None:
         params["logprobs"] = logprobs
     params["output_kind"] = OUTPUT_KIND_DELTA if body.get("stream") else OUTPUT_KIND_FINAL_ONLY
-    params["skip_clone"] = True
+    params |= {"skip_clone": True, "bad_words": [], "skip_reading_prefix_cache": False}
     return params
 
 
@@ -452,8 +453,9 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def metrics_text(model: str, running: int, waiting: int, kv_cache_usage: float) -> str:
-    """vLLM's scheduler gauges in Prometheus' text format, labelled as vLLM labels them (engine 0)."""
-    labels = f'{{model_name="{model}",engine="0"}}'
+    """vLLM's scheduler gauges in Prometheus' text format, labelled as vLLM labels them (engine 0; the
+    client library sorts label names)."""
+    labels = f'{{engine="0",model_name="{model}"}}'
     lines = []
     for (name, help_text), value in zip(GAUGES, (running, waiting, kv_cache_usage), strict=True):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {float(value)!r}"]
