@@ -947,6 +947,8 @@ async def test_bad_requests_to_the_new_endpoints_get_vllms_400s() -> None:
         bad_mode = await send_json("POST", f"{server.url}/pause?mode=sometimes")
         no_version = await send_json("POST", f"{server.url}/update_weight_version", {})
         wrong_method = await send_json("GET", f"{server.url}/pause")
+        bad_logprobs = await post(generate_url, {"token_ids": [5], "sampling_params": {"logprobs": -2}})
+        bad_messages = await post(f"{server.base_url}/chat/completions/render", {"messages": "hello"})
         _, fits = await generate(server, [5] * 60)
     assert no_params[0] == 400 and no_params[1]["error"]["param"] == "body.sampling_params"
     assert no_params[1]["error"]["type"] == "Bad Request"
@@ -956,6 +958,8 @@ async def test_bad_requests_to_the_new_endpoints_get_vllms_400s() -> None:
     assert bad_mode[0] == 400 and bad_mode[1]["error"]["param"] == "query.mode"
     assert no_version[0] == 400 and no_version[1]["error"]["param"] == "body.new_version"
     assert wrong_method == (405, {"detail": "Method Not Allowed"})
+    assert bad_logprobs[1]["error"]["message"] == "logprobs must be non-negative or -1, got -2."
+    assert bad_messages[0] == 400 and bad_messages[1]["error"]["param"] == "body.messages"
     assert fits["choices"][0]["finish_reason"] == "length" and len(fits["choices"][0]["token_ids"]) == 4
 
 

@@ -71,6 +71,10 @@ class ScaleOutEndpoints:
             if output_mode not in ("tokens", "text"):
                 message = "Input should be 'tokens' or 'text'"
                 raise invalid(("body", "output_mode"), "literal_error", message, output_mode)
+            _check_logprobs(params.get("logprobs"))
+            if not isinstance(body.get("stream_options") or {}, dict):
+                message = "Input should be a valid dictionary or object to extract fields from"
+                raise invalid(("body", "stream_options"), "model_attributes_type", message, body["stream_options"])
             target = server._record(request, body, body.get("model") or server.base_model or "", list_aliases=True)
             _check_vocabulary(token_ids)
             self._check_prompt_length(len(token_ids))
@@ -155,7 +159,7 @@ class ScaleOutEndpoints:
             if "messages" not in body:
                 raise missing(("body", "messages"), body)
             server._check_model(body.get("model"))
-            messages, tools = body["messages"] or [], body.get("tools") or []
+            messages, tools = _objects(body, "messages"), _objects(body, "tools")
             add_generation_prompt = body.get("add_generation_prompt", True)
             ids = encode(render_messages(messages, tools, add_generation_prompt, server.template))
             requested = body.get("max_completion_tokens")
@@ -218,6 +222,20 @@ class ScaleOutEndpoints:
 def _check_vocabulary(token_ids: list[int]) -> None:
     if token_ids and max(token_ids) >= VOCAB_SIZE:
         raise bad_request(f"Token id {max(token_ids)} is out of vocabulary")
+
+
+def _check_logprobs(logprobs: Any) -> None:
+    """`sampling_params.logprobs`: None, -1 (every candidate) or a count."""
+    if logprobs is not None and (type(logprobs) is not int or logprobs < -1):
+        raise bad_request(f"logprobs must be non-negative or -1, got {logprobs}.", "logprobs")
+
+
+def _objects(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """A list of JSON objects (chat `messages`, `tools`); absent or null is empty."""
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise invalid(("body", key), "list_type", "Input should be a valid list of objects", value)
+    return value
 
 
 def _positive_max_tokens(requested: Any) -> int:
