@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,9 +28,9 @@ from sparring.testing import (
     Say,
     Script,
     TicTacToePlayer,
+    TokenGate,
 )
-from sparring.testing.commands import register
-from sparring.testing.fake_model import run_server
+from sparring.testing.commands import register, run_server
 from sparring.testing.responders import tictactoe_players
 from sparring.testing.tokenizer import IM_END_ID, encode, parse_prompt, render_assistant_body
 
@@ -491,6 +493,11 @@ def test_register_adds_the_fake_model_subcommand() -> None:
     args = parser.parse_args(["fake-model", "--port", "8123", "--template", "rewriting", "--max-model-len", "99"])
     assert (args.port, args.preset, args.template, args.max_model_len) == (8123, "tictactoe", "rewriting", 99)
     assert args.func is run_server
+    assert (args.scale_out, args.dev_mode, args.lora, args.weight_version) == (True, True, True, "default")
+    switches = ["fake-model", "--no-scale-out", "--no-dev-mode", "--no-lora", "--token-latency", "0.5"]
+    args = parser.parse_args([*switches, "--max-num-seqs", "4", "--weight-version", "v0"])
+    assert (args.scale_out, args.dev_mode, args.lora) == (False, False, False)
+    assert (args.token_latency, args.max_num_seqs, args.weight_version) == (0.5, 4, "v0")
 
 
 async def test_subprocess_server_starts_and_answers() -> None:
@@ -504,3 +511,522 @@ async def test_subprocess_server_starts_and_answers() -> None:
     assert status == 200
     assert body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"position": 4}'
     assert process is not None and process.returncode == 0
+
+
+async def test_subprocess_server_takes_the_version_and_the_off_switches() -> None:
+    with FakeModelProcess("echo", weight_version="v0", dev_mode=False, lora=False, max_num_seqs=2) as server:
+        prompt = FakeTokenizer().apply_chat_template([{"role": "user", "content": "same"}], add_generation_prompt=True)
+        status, body = await post(f"{server.url}/inference/v1/generate", {"token_ids": prompt, "sampling_params": {}})
+        paused = await send_json("POST", f"{server.url}/pause")
+    assert status == 200 and body["choices"][0]["token_ids"] == generated("same")
+    assert body["choices"][0]["weight_versions"] == [{"version": "v0", "start": 0, "end": len(generated("same"))}]
+    assert paused == (404, {"detail": "Not Found"})
+
+
+# -- vLLM's RL and token endpoints ----------------------------------------------------------------------
+
+SAFETY_S = 60.0
+"""Only a guard so a broken server fails the test instead of hanging it; nothing waits on the clock."""
+
+
+async def until(server: FakeModelServer, predicate: Callable[[], bool]) -> None:
+    await asyncio.wait_for(server.wait_until(predicate), SAFETY_S)
+
+
+async def send(method: str, url: str, body: Any = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.request(method, url, json=body) as response:
+        return response.status, await response.text()
+
+
+async def send_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    status, text = await send(method, url, body)
+    return status, json.loads(text)
+
+
+def gauges(text: str) -> dict[str, float]:
+    return {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"}
+
+
+async def render(server: FakeModelServer, messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    status, rendered = await post(f"{server.base_url}/chat/completions/render", {"messages": messages, **extra})
+    assert status == 200, rendered
+    return rendered
+
+
+async def generate(server: FakeModelServer, token_ids: list[int], **extra: Any) -> tuple[int, Any]:
+    body = {"token_ids": token_ids, "sampling_params": {"max_tokens": 300}, **extra}
+    return await post(f"{server.url}/inference/v1/generate", body, timeout=SAFETY_S)
+
+
+GENERATE_KEYS = [
+    "request_id",
+    "model",
+    "created",
+    "usage",
+    "prompt_logprobs",
+    "prompt_token_id_logprobs",
+    "prompt_token_ids",
+    "mm_placeholders",
+    "metrics",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "output_mode",
+    "choices",
+]
+CHOICE_KEYS = [
+    "index",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "routed_experts",
+    "sampling_mask",
+    "weight_versions",
+    "logprobs",
+]
+
+
+async def test_render_gives_the_chat_endpoints_own_prompt_ids_and_generate_answers_with_one_default_span() -> None:
+    async with FakeModelServer({"policy": TicTacToePlayer()}) as server:
+        rendered = await render(server, OPENING, model="policy", tools=[MAKE_MOVE], max_tokens=100)
+        _, chat_reply = await chat(server, OPENING, return_token_ids=True)
+        params = {**rendered["sampling_params"], "logprobs": 2}
+        status, body = await generate(server, rendered["token_ids"], sampling_params=params, return_token_ids=True)
+        _, info = await send_json("GET", f"{server.url}/weight_info")
+    assert rendered["token_ids"] == chat_reply["prompt_token_ids"]
+    assert rendered["token_ids"] == FakeTokenizer().apply_chat_template(OPENING, [MAKE_MOVE], True)
+    assert rendered["request_id"].startswith("chatcmpl-") and rendered["model"] == "policy"
+    assert rendered["sampling_params"] == {  # as a real vLLM 0.32 renders them
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "stop": [],
+        "stop_token_ids": [],
+        "max_tokens": 100,
+        "output_kind": 2,
+        "skip_clone": True,
+        "bad_words": [],
+        "skip_reading_prefix_cache": False,
+    }
+    assert status == 200 and list(body) == GENERATE_KEYS
+    assert body["request_id"].startswith("generate-tokens-") and body["model"] == "policy"
+    assert body["prompt_token_ids"] == rendered["token_ids"] and body["output_mode"] == "tokens"
+    [choice] = body["choices"]
+    assert list(choice) == CHOICE_KEYS
+    assert (
+        choice["token_ids"] == chat_reply["choices"][0]["token_ids"] == generated("", [("make_move", {"position": 4})])
+    )
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", None)
+    assert choice["weight_versions"] == [{"version": "default", "start": 0, "end": len(choice["token_ids"])}]
+    assert info == {"weight_version": "default"}  # what vLLM reports before any version is set
+    entries = choice["logprobs"]["content"]
+    assert [e["token_id"] for e in entries] == choice["token_ids"]
+    assert all(e["rank"] == 1 and [t["rank"] for t in e["top_logprobs"]] == [1, 2] for e in entries)
+    assert all(e["top_logprobs"][0]["token_id"] == e["token_id"] for e in entries)
+    prompt_tokens, generated_tokens = len(rendered["token_ids"]), len(choice["token_ids"])
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + generated_tokens,
+        "completion_tokens": generated_tokens,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+
+
+async def test_generate_n_choices_text_mode_max_tokens_and_a_stream_with_spans_on_the_last_chunk() -> None:
+    prompt = FakeTokenizer().apply_chat_template(OPENING, add_generation_prompt=True)
+    async with FakeModelServer({"policy": Script(["héllo", "bye", "héllo"]), "user": "hi"}) as server:
+        _, two = await generate(server, prompt, sampling_params={"n": 2, "max_tokens": 3}, output_mode="text")
+        stream_body = {
+            "token_ids": prompt,
+            "sampling_params": {"logprobs": 0},
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{server.url}/inference/v1/generate", json=stream_body) as r,
+        ):
+            events = [line[6:].strip() async for line in r.content if line.startswith(b"data: ")]
+    assert [c["text"] for c in two["choices"]] == ["hé", "bye"]  # 3 tokens: "h", and é's two bytes
+    assert [c["finish_reason"] for c in two["choices"]] == ["length", "length"]
+    assert two["choices"][0]["logprobs"] is None and two["output_mode"] == "text"
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    tokens = [c for c in chunks if c["choices"]]
+    assert tokens[0]["prompt_token_ids"] == prompt and all("prompt_token_ids" not in c for c in tokens[1:])
+    ids = [t for c in tokens for t in c["choices"][0]["token_ids"]]
+    assert ids == generated("héllo")
+    assert [c["choices"][0]["finish_reason"] for c in tokens] == [None] * (len(ids) - 1) + ["stop"]
+    assert tokens[-1]["choices"][0]["weight_versions"] == [{"version": "default", "start": 0, "end": len(ids)}]
+    assert all(c["choices"][0]["weight_versions"] is None for c in tokens[:-1])
+    assert [e["token_id"] for c in tokens for e in c["choices"][0]["logprobs"]["content"]] == ids
+    assert chunks[-1] == {
+        "request_id": tokens[0]["request_id"],
+        "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + len(ids), "completion_tokens": len(ids)},
+        "output_mode": "tokens",
+        "choices": [],
+    }
+
+
+async def test_render_completions_takes_text_or_ids_one_or_many() -> None:
+    async with FakeModelServer({"policy": "hi"}) as server:
+        url = f"{server.base_url}/completions/render"
+        _, one = await post(url, {"prompt": "abc", "max_tokens": 5, "logprobs": 1}, session_id=None)
+        _, many = await post(url, {"prompt": [[3, 4], [5]], "model": "policy"})
+        missing_model = await post(url, {"prompt": "abc", "model": "gpt-9"})
+    [single] = one
+    assert single["token_ids"] == encode("abc") and single["request_id"].startswith("cmpl-")
+    assert single["sampling_params"] == {
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "stop": [],
+        "stop_token_ids": [],
+        "max_tokens": 5,
+        "logprobs": 1,
+        "output_kind": 2,
+        "skip_clone": True,
+        "bad_words": [],
+        "skip_reading_prefix_cache": False,
+    }
+    assert [r["token_ids"] for r in many] == [[3, 4], [5]]
+    assert [r["request_id"][-2:] for r in many] == ["-0", "-1"]
+    assert many[0]["sampling_params"]["max_tokens"] == 16  # the completions default, as vLLM's
+    assert missing_model[0] == 404 and missing_model[1]["error"]["message"].startswith(
+        "The model `gpt-9` does not exist."
+    )
+
+
+async def test_pause_keep_freezes_generation_and_a_version_update_splits_its_spans() -> None:
+    gate = TokenGate()
+    reply = "a reply long enough to pause"
+    async with FakeModelServer({"policy": Say(reply)}, token_gate=gate) as server:
+        prompt = (await render(server, OPENING))["token_ids"]
+        task = asyncio.create_task(generate(server, prompt))
+        gate.allow(3)
+        await until(server, lambda: gate.passed == 3)
+        assert await send_json("POST", f"{server.url}/pause?mode=keep") == (200, {"status": "paused"})
+        gate.open()  # tokens may pass the gate now, but the pause holds them
+        _, paused = await send_json("GET", f"{server.url}/is_paused")
+        _, metrics = await send("GET", f"{server.url}/metrics")
+        assert await send_json("POST", f"{server.url}/update_weight_version", {"new_version": "step-7"}) == (
+            200,
+            {"success": True, "new_version": "step-7"},
+        )
+        assert gate.passed == 3 and not task.done()
+        assert await send_json("POST", f"{server.url}/resume") == (200, {"status": "resumed"})
+        status, body = await task
+        _, info = await send_json("GET", f"{server.url}/weight_info")
+    assert paused == {"is_paused": True}
+    assert gauges(metrics)["vllm:num_requests_running"] == 1.0  # frozen, not finished
+    [choice] = body["choices"]
+    assert status == 200 and choice["token_ids"] == generated(reply) and choice["finish_reason"] == "stop"
+    end = len(choice["token_ids"])
+    assert choice["weight_versions"] == [
+        {"version": "default", "start": 0, "end": 3},
+        {"version": "step-7", "start": 3, "end": end},
+    ]
+    assert info == {"weight_version": "step-7"}
+
+
+async def test_pause_wait_answers_once_running_requests_finish_and_new_ones_wait_for_resume() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": Say("first reply"), "user": Say("second")}, token_gate=gate) as server:
+        prompt = (await render(server, OPENING))["token_ids"]
+        running = asyncio.create_task(generate(server, prompt))
+        gate.allow(2)
+        await until(server, lambda: gate.passed == 2)
+        pausing = asyncio.create_task(send_json("POST", f"{server.url}/pause?mode=wait"))
+        await until(server, lambda: server.engine.is_paused)
+        arriving = asyncio.create_task(chat(server, OPENING, model="user", return_token_ids=True))
+        await until(server, lambda: len(server.engine.queued) == 1)
+        assert not pausing.done()  # still waiting for the running request
+        gate.open()
+        assert await pausing == (200, {"status": "paused"})
+        status, first = await running
+        _, metrics = await send("GET", f"{server.url}/metrics")
+        await send_json("POST", f"{server.url}/update_weight_version", {"new_version": "v2"})
+        assert not arriving.done()
+        await send_json("POST", f"{server.url}/resume")
+        _, second = await arriving
+        await until(server, lambda: not server.engine.running)
+    [choice] = first["choices"]
+    assert status == 200 and choice["token_ids"] == generated("first reply")
+    assert choice["weight_versions"] == [{"version": "default", "start": 0, "end": len(choice["token_ids"])}]
+    assert gauges(metrics)["vllm:num_requests_waiting"] == 1.0
+    assert gauges(metrics)["vllm:num_requests_running"] == 0.0
+    assert second["choices"][0]["message"]["content"] == "second"
+    assert server.engine.prefix_cache_resets == 1  # a wait pause clears the cache, as vLLM's does by default
+
+
+async def test_pause_abort_ends_running_requests_at_once_and_the_partial_reply_can_be_continued() -> None:
+    gate = TokenGate()
+    reply = "the whole reply"
+    async with FakeModelServer({"policy": Script([reply, reply])}, token_gate=gate) as server:
+        prompt = (await render(server, OPENING))["token_ids"]
+        running = asyncio.create_task(generate(server, prompt))
+        chatting = asyncio.create_task(chat(server, OPENING, session_id="chat", return_token_ids=True))
+        await until(server, lambda: len(server.engine.running) == 2)
+        gate.allow(4)
+        await until(server, lambda: gate.passed == 4)
+        assert await send_json("POST", f"{server.url}/pause?mode=abort") == (200, {"status": "paused"})
+        status, aborted = await running
+        _, aborted_chat = await chatting
+        arriving = asyncio.create_task(chat(server, OPENING, session_id="late"))
+        await until(server, lambda: len(server.engine.queued) == 1)
+        gate.open()
+        await send_json("POST", f"{server.url}/resume")
+        partial = aborted["choices"][0]["token_ids"]
+        _, continued = await generate(server, prompt + partial)
+        _, late = await arriving
+    [choice] = aborted["choices"]
+    assert status == 200 and choice["finish_reason"] == "abort" and choice["stop_reason"] is None
+    assert len(partial) + len(aborted_chat["choices"][0]["token_ids"]) == 4  # the gate let out four tokens
+    assert choice["weight_versions"] == ([{"version": "default", "start": 0, "end": len(partial)}] if partial else [])
+    assert aborted_chat["choices"][0]["finish_reason"] == "abort"
+    assert aborted_chat["choices"][0]["message"]["tool_calls"] == []
+    rest = continued["choices"][0]["token_ids"]
+    assert partial + rest == generated(reply)  # the next step of the script is the same reply
+    assert continued["choices"][0]["weight_versions"] == [{"version": "default", "start": 0, "end": len(rest)}]
+    assert late["choices"][0]["message"]["content"] == reply  # it waited for the resume, then ran
+
+
+async def test_abort_requests_by_the_servers_ids_of_them() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "slow"}, token_gate=gate) as server:
+        prompt = encode("x")
+        mine = asyncio.create_task(generate(server, prompt, request_id="mine"))
+        other = asyncio.create_task(generate(server, prompt, request_id="other"))
+        await until(server, lambda: len(server.engine.running) == 2)
+        client_id = await send_json("POST", f"{server.url}/abort_requests", {"request_ids": ["mine"]})
+        assert len(server.engine.running) == 2  # vLLM takes its own id, `generate-tokens-mine`, not the client's
+        body = {"request_ids": ["generate-tokens-mine"]}
+        status, text = await send("POST", f"{server.url}/inference/v1/abort_requests", body)
+        _, mine_body = await mine
+        gate.open()
+        _, other_body = await other
+        everything = await send_json("POST", f"{server.url}/abort_requests", {})
+        bad = await send_json("POST", f"{server.url}/inference/v1/abort_requests", {})
+    assert client_id == (200, {"status": "aborted", "aborted": 1})  # vLLM counts the ids it was sent
+    assert (status, text) == (200, "")
+    assert mine_body["request_id"] == "generate-tokens-mine"
+    assert mine_body["choices"][0]["finish_reason"] == "abort" and mine_body["choices"][0]["token_ids"] == []
+    assert mine_body["choices"][0]["weight_versions"] == []  # no token, no span, as vLLM
+    assert other_body["choices"][0]["finish_reason"] == "stop"
+    assert everything == (200, {"status": "aborted", "aborted": 0})
+    assert bad[0] == 400 and bad[1]["error"]["message"] == "Missing 'request_ids' in request body"
+
+
+async def test_reset_prefix_cache_fails_while_running_requests_hold_the_cache() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "held"}, token_gate=gate) as server:
+        task = asyncio.create_task(generate(server, encode("x")))
+        await until(server, lambda: len(server.engine.running) == 1)
+        held = await send_json("POST", f"{server.url}/reset_prefix_cache")
+        forced = await send_json("POST", f"{server.url}/reset_prefix_cache?reset_running_requests=true")
+        gate.open()
+        await task
+        free = await send_json("POST", f"{server.url}/reset_prefix_cache")
+    assert [held, forced, free] == [(200, {"success": False}), (200, {"success": True}), (200, {"success": True})]
+    assert server.engine.prefix_cache_resets == 2
+
+
+async def test_lora_adapters_load_with_vllms_checks_serve_requests_and_unload(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter-7"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    script = Script(["base 1", "base 2", "base 3"])
+    async with FakeModelServer({"policy": script, "user": "u"}, adapters={"special": "special reply"}) as server:
+        load = f"{server.base_url}/load_lora_adapter"
+        missing = await send_json("POST", load, {"lora_name": "v7", "lora_path": str(tmp_path / "nowhere")})
+        empty = await send_json("POST", load, {"lora_name": "", "lora_path": str(adapter)})
+        clash = await send_json("POST", load, {"lora_name": "user", "lora_path": str(adapter)})
+        loaded = await send("POST", load, {"lora_name": "v7", "lora_path": str(adapter)})
+        again = await send_json("POST", load, {"lora_name": "v7", "lora_path": str(adapter)})
+        await send("POST", load, {"lora_name": "special", "lora_path": str(adapter)})
+        _, models = await send_json("GET", f"{server.base_url}/models")
+        base = await chat(server, OPENING, session_id="s")
+        on_adapter = await chat(server, OPENING, session_id="s", model="v7")
+        _, tokens = await generate(server, encode("x"), model="v7")
+        special = await chat(server, OPENING, session_id="s", model="special")
+        unloaded = await send("POST", f"{server.base_url}/unload_lora_adapter", {"lora_name": "v7"})
+        unknown = await send_json("POST", f"{server.base_url}/unload_lora_adapter", {"lora_name": "v7"})
+        gone = await chat(server, OPENING, model="v7")
+    assert missing[0] == 404
+    assert missing[1]["error"] == {
+        "message": "Loading lora v7 failed: No adapter found for <path>",  # vLLM hides the path
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
+    assert empty[1]["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."
+    assert clash[1]["error"]["message"] == "The lora adapter 'user' conflicts with a served base model."
+    assert loaded == (200, "Success: LoRA adapter 'v7' added successfully.")
+    assert again[0] == 400 and again[1]["error"]["type"] == "InvalidUserInput"
+    cards = {card["id"]: card for card in models["data"]}
+    assert (cards["v7"]["root"], cards["v7"]["parent"]) == (str(adapter), "policy")
+    # the adapter answers for the base model and goes on with its script cursor
+    texts = [r[1]["choices"][0]["message"]["content"] for r in (base, on_adapter, special)]
+    assert texts == ["base 1", "base 2", "special reply"]
+    assert on_adapter[1]["model"] == "v7" and tokens["model"] == "v7"
+    assert [r["adapter"] for r in server.requests] == [None, "v7", "v7", "special", None]
+    assert unloaded == (200, "Success: LoRA adapter 'v7' removed successfully.")
+    assert unknown[0] == 404 and unknown[1]["error"]["message"] == "The lora adapter 'v7' cannot be found."
+    assert gone[0] == 404
+    assert server.adapter_log == [
+        ("load", "v7", str(adapter)),
+        ("load", "special", str(adapter)),
+        ("unload", "v7", str(adapter)),
+    ]
+
+
+async def test_metrics_count_running_and_queued_requests_and_kv_cache_usage() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "x"}, token_gate=gate, kv_cache_tokens=100) as server:
+        _, idle = await send("GET", f"{server.url}/metrics")
+        running = asyncio.create_task(generate(server, encode("a" * 10)))
+        await until(server, lambda: len(server.engine.running) == 1)
+        await send_json("POST", f"{server.url}/pause?mode=keep")
+        queued = asyncio.create_task(generate(server, encode("b")))
+        await until(server, lambda: len(server.engine.queued) == 1)
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
+            content_type, busy = response.headers["Content-Type"], await response.text()
+        gate.open()
+        await send_json("POST", f"{server.url}/resume")
+        await asyncio.gather(running, queued)
+    assert gauges(idle) == {
+        "vllm:num_requests_running": 0.0,
+        "vllm:num_requests_waiting": 0.0,
+        "vllm:kv_cache_usage_perc": 0.0,
+    }
+    assert gauges(busy) == {
+        "vllm:num_requests_running": 1.0,
+        "vllm:num_requests_waiting": 1.0,
+        "vllm:kv_cache_usage_perc": 0.1,  # 10 prompt tokens of 100
+    }
+    assert 'vllm:num_requests_running{engine="0",model_name="policy"} 1.0' in busy
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def test_off_switches_answer_as_vllm_without_the_flags() -> None:
+    features = {"scale_out": False, "dev_mode": False, "lora": False}
+    async with FakeModelServer({"policy": "hi"}, **features) as server:
+        generate_off = await generate(server, encode("x"))
+        render_off = await post(f"{server.base_url}/chat/completions/render", {"messages": OPENING})
+        pause_off = await send_json("POST", f"{server.url}/pause?mode=keep")
+        info_off = await send_json("GET", f"{server.url}/weight_info")
+        lora_off = await send_json("POST", f"{server.base_url}/load_lora_adapter", {"lora_name": "a", "lora_path": "/"})
+        _, still = await chat(server, OPENING)
+    disabled = {
+        "error": {
+            "message": "Scale-out endpoints are disabled. Restart vllm serve with --enable-scale-out to enable them.",
+            "type": "PermissionDeniedError",
+            "param": None,
+            "code": 403,
+        }
+    }
+    assert generate_off == (403, disabled) and render_off == (403, disabled)
+    assert pause_off == info_off == lora_off == (404, {"detail": "Not Found"})
+    assert still["choices"][0]["message"]["content"] == "hi"
+
+
+async def test_bad_requests_to_the_new_endpoints_get_vllms_400s() -> None:
+    async with FakeModelServer({"policy": "hello there"}, max_model_len=64) as server:
+        generate_url = f"{server.url}/inference/v1/generate"
+        no_params = await post(generate_url, {"token_ids": [5]})
+        empty = await post(generate_url, {"token_ids": [], "sampling_params": {}})
+        out_of_vocabulary = await post(generate_url, {"token_ids": [99999], "sampling_params": {}})
+        too_long = await post(generate_url, {"token_ids": [5] * 65, "sampling_params": {}})
+        bad_mode = await send_json("POST", f"{server.url}/pause?mode=sometimes")
+        no_version = await send_json("POST", f"{server.url}/update_weight_version", {})
+        wrong_method = await send_json("GET", f"{server.url}/pause")
+        bad_logprobs = await post(generate_url, {"token_ids": [5], "sampling_params": {"logprobs": -2}})
+        bad_messages = await post(f"{server.base_url}/chat/completions/render", {"messages": "hello"})
+        _, fits = await generate(server, [5] * 60)
+    assert no_params[0] == 400 and no_params[1]["error"]["param"] == "body.sampling_params"
+    assert no_params[1]["error"]["type"] == "Bad Request"
+    assert empty[1]["error"]["param"] == "body.token_ids"
+    assert out_of_vocabulary[1]["error"]["message"] == "Token id 99999 is out of vocabulary"
+    assert "longer than the maximum model length of 64" in too_long[1]["error"]["message"]
+    assert bad_mode[0] == 400 and bad_mode[1]["error"]["param"] == "query.mode"
+    assert no_version[0] == 400 and no_version[1]["error"]["param"] == "body.new_version"
+    assert wrong_method == (405, {"detail": "Method Not Allowed"})
+    assert bad_logprobs[1]["error"]["message"] == "logprobs must be non-negative or -1, got -2."
+    assert bad_messages[0] == 400 and bad_messages[1]["error"]["param"] == "body.messages"
+    assert fits["choices"][0]["finish_reason"] == "length" and len(fits["choices"][0]["token_ids"]) == 4
+
+
+async def test_token_latency_paces_every_token_and_the_reply_is_unchanged() -> None:
+    async with FakeModelServer({"policy": "paced"}, token_latency_s=0.001) as server:
+        _, body = await generate(server, encode("x"))
+    assert body["choices"][0]["token_ids"] == generated("paced")
+    assert body["choices"][0]["weight_versions"] == [{"version": "default", "start": 0, "end": len(generated("paced"))}]
+
+
+async def test_requests_beyond_max_num_seqs_wait_in_the_queue_for_a_free_slot() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "one"}, token_gate=gate, max_num_seqs=1) as server:
+        first = asyncio.create_task(generate(server, encode("a")))
+        second = asyncio.create_task(generate(server, encode("b")))
+        await until(server, lambda: len(server.engine.running) == 1 and len(server.engine.queued) == 1)
+        _, metrics = await send("GET", f"{server.url}/metrics")
+        gate.open()
+        results = await asyncio.gather(first, second)
+    assert gauges(metrics)["vllm:num_requests_running"] == 1.0
+    assert gauges(metrics)["vllm:num_requests_waiting"] == 1.0
+    assert [body["choices"][0]["token_ids"] for _, body in results] == [generated("one")] * 2
+
+
+async def test_keep_pause_resets_the_prefix_cache_unless_told_not_to() -> None:
+    async with FakeModelServer({"policy": "x"}) as server:
+        await send_json("POST", f"{server.url}/pause?mode=keep")
+        await send_json("POST", f"{server.url}/pause?mode=keep&clear_cache=false")
+        bad_flag = await send_json("POST", f"{server.url}/pause?mode=keep&clear_cache=perhaps")
+        await send_json("POST", f"{server.url}/resume")
+        not_paused = await send_json("GET", f"{server.url}/is_paused")
+        unknown = await generate(server, encode("x"), model="gpt-9")
+    assert server.engine.prefix_cache_resets == 1
+    assert bad_flag[0] == 400 and bad_flag[1]["error"]["param"] == "query.clear_cache"
+    assert not_paused == (200, {"is_paused": False})
+    assert unknown[1]["error"]["message"] == "The model `gpt-9` does not exist. Valid aliases: policy."
+
+
+async def stream_events(url: str, body: dict[str, Any]) -> list[Any]:
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        lines = [line[6:].strip() async for line in response.content if line.startswith(b"data: ")]
+    assert lines[-1] == b"[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+async def test_aborted_streams_end_with_an_abort_chunk() -> None:
+    gate = TokenGate()
+    async with FakeModelServer({"policy": "a streamed reply"}, token_gate=gate) as server:
+        body = {"token_ids": encode("x"), "sampling_params": {}, "stream": True}
+        tokens = asyncio.create_task(stream_events(f"{server.url}/inference/v1/generate", body))
+        gate.allow(2)
+        await until(server, lambda: gate.passed == 2)
+        await send_json("POST", f"{server.url}/pause?mode=abort")
+        generate_chunks = await tokens
+        await send_json("POST", f"{server.url}/resume")
+        chat_body = {"model": "policy", "messages": OPENING, "stream": True, "return_token_ids": True}
+        chatting = asyncio.create_task(stream_events(f"{server.base_url}/chat/completions", chat_body))
+        await until(server, lambda: len(server.engine.running) == 1)
+        await send_json("POST", f"{server.url}/pause?mode=abort")
+        chat_chunks = await chatting
+    choices = [chunk["choices"][0] for chunk in generate_chunks]
+    assert [c["token_ids"] for c in choices] == [
+        generated("a streamed reply")[:1],
+        generated("a streamed reply")[1:2],
+        [],
+    ]
+    assert [c["finish_reason"] for c in choices] == [None, None, "abort"]
+    assert choices[-1]["weight_versions"] == [{"version": "default", "start": 0, "end": 2}]
+    assert [c["choices"][0]["finish_reason"] for c in chat_chunks] == [None, "abort"]  # the role chunk, then the end
+    assert chat_chunks[-1]["choices"][0]["token_ids"] == []

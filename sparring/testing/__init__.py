@@ -1,10 +1,13 @@
 """Test doubles for sparring: a scripted OpenAI/vLLM-compatible model server and its tokenizer.
 
-The server classes load lazily, so `python -m sparring.testing.fake_model` runs the module only once.
+The server (`server`), its engine (`engine`: pauses, token pacing, weight versions), its response
+shapes (`wire`), the child-process wrapper (`process`) and the CLI (`commands`) load lazily, so
+importing the responders costs no aiohttp and `python -m sparring.testing.commands` runs once.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from sparring.testing.responders import (
@@ -22,7 +25,12 @@ from sparring.testing.responders import (
 )
 from sparring.testing.tokenizer import FakeTokenizer
 
-_SERVER_NAMES = frozenset({"FakeModelServer", "FakeModelProcess", "context_length_error"})
+_LAZY = {
+    "FakeModelServer": "sparring.testing.server",
+    "FakeModelProcess": "sparring.testing.process",
+    "TokenGate": "sparring.testing.engine",
+    "context_length_error": "sparring.testing.wire",
+}
 
 __all__ = [
     "Call",
@@ -39,13 +47,13 @@ __all__ = [
     "Say",
     "Script",
     "TicTacToePlayer",
+    "TokenGate",
     "context_length_error",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SERVER_NAMES:
-        from sparring.testing import fake_model
-
-        return getattr(fake_model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -32,7 +32,10 @@ class ModelRequest:
     """How many calls this model name got before this one in this session (0 for the first)."""
     max_tokens: int | None = None
     endpoint: str = "chat"
-    """"chat" for /v1/chat/completions, "completions" for token-in /v1/completions."""
+    """"chat" for /v1/chat/completions, "completions" for token-in /v1/completions, "generate" for
+    /inference/v1/generate."""
+    adapter: str | None = None
+    """The LoRA adapter the request named (loaded with /v1/load_lora_adapter), or None for a base model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ def as_step(reply: Reply) -> Step:
     if isinstance(reply, str):
         return Say(reply)
     if isinstance(reply, Sequence) and all(isinstance(c, Call) for c in reply):
-        return Calls(tuple(reply))
+        return Calls(tuple(c for c in reply if isinstance(c, Call)))
     raise TypeError(f"a responder returned {reply!r}; expected a step, a string or a list of Call")
 
 
@@ -403,3 +406,12 @@ def calendar_players(shift: int = 0) -> dict[str, Responder]:
     With `shift` the planner moves every event by that many minutes (e.g. 360: out of the day, reward 0).
     """
     return {"policy": CalendarPlanner(shift), "user": CalendarRequester()}
+
+
+PRESETS: dict[str, Callable[[], dict[str, Responder]]] = {
+    "tictactoe": tictactoe_players,
+    "calendar": calendar_players,
+    "support-desk": support_desk_players,
+    "echo": lambda: {"policy": Echo()},
+}
+"""Responder sets by name for the CLI and the child process; unknown model names go to "policy"."""

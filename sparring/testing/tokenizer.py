@@ -72,6 +72,22 @@ def decode(ids: Iterable[int], skip_special_tokens: bool = False) -> str:
     return b"".join(map(pieces.__getitem__, ids)).decode("utf-8", "replace")
 
 
+_ASSISTANT_HEADER = [IM_START_ID, *(byte + NUM_SPECIAL for byte in b"assistant\n")]
+
+
+def split_open_reply(ids: list[int]) -> tuple[list[int], list[int]]:
+    """A prompt that ends inside an assistant turn, split into (prompt up to the turn's header, the reply
+    so far); a prompt that does not gives (ids, []). The token endpoint continues such a reply."""
+    try:
+        start = len(ids) - 1 - ids[::-1].index(IM_START_ID)
+    except ValueError:
+        return ids, []
+    body = start + len(_ASSISTANT_HEADER)
+    if ids[start:body] != _ASSISTANT_HEADER or IM_END_ID in ids[body:] or body == len(ids):
+        return ids, []
+    return ids[:body], ids[body:]
+
+
 def content_text(content: Any) -> str:
     """The text of an OpenAI message `content`: a string, None, or a list of text parts."""
     if content is None:
@@ -142,6 +158,7 @@ def render_messages(
     rewrite = template == "rewriting"
     parts: list[str] = []
     start = 0
+    system: str | None
     if messages and messages[0].get("role") == "system":
         system = content_text(messages[0].get("content"))
         start = 1
