@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI lists FORMATS in its help without loading LangGraph
