@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -67,18 +68,19 @@ def aborted_record(
     error: BaseException | tuple[str, str],
     task_index: int | None = None,
     repeat_index: int = 0,
-    wall_s: float = 0.0,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """The record of an episode that could not run or finish: a crash, a stop, a lost worker, a shutdown.
 
-    `error` is the exception, or its (type, message) when it happened elsewhere (a Ray worker).
+    `error` is the exception, or its (type, message) when it happened elsewhere (a Ray worker);
+    `started` the episode's start (`time.time()`), if it started.
     """
     error_type, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else error
     state = {
         "task": task,
         "status": "aborted",
         "stop_reason": stop_reason,
-        "wall_s": wall_s,
+        "wall_s": 0.0 if started is None else time.time() - started,
         "error": {"type": error_type, "message": message},
     }
     return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sparring.core.ids import new_episode_id
+from sparring.core.record import aborted_record
 from sparring.engine.engine import Engine, EngineStats
 
 INTERRUPTED = "interrupted"
@@ -110,13 +111,8 @@ class BatchRunner:
         records: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         room = asyncio.Semaphore(2 * self.concurrency)
         workers = [asyncio.create_task(self._work(take, records, room)) for _ in range(self.concurrency)]
-        running = len(workers)
         try:
-            while running:
-                record = await records.get()
-                if record is None:
-                    running -= 1
-                    continue
+            async for record in drain(records, len(workers)):
                 room.release()
                 yield record
             for worker in workers:  # re-raise a failure of the item source itself
@@ -192,9 +188,15 @@ class BatchRunner:
             if not self._interrupting or me.cancelling() > 1:
                 raise
             me.uncancel()
-            error = ("Interrupted", "stopped before the episode ended")
-            return self.engine.aborted(
-                item.task, item.env, episode_id, INTERRUPTED, error, item.task_index, item.repeat_index, started
+            return aborted_record(
+                item.task,
+                env=item.env,
+                episode_id=episode_id,
+                stop_reason=INTERRUPTED,
+                error=("Interrupted", "stopped before the episode ended"),
+                task_index=item.task_index,
+                repeat_index=item.repeat_index,
+                started=started,
             )
 
     def stats(self) -> EngineStats:
@@ -205,6 +207,16 @@ class BatchRunner:
         """Close the engine's model clients and environment resources (unless the engine is shared)."""
         if self._close_engine:
             await self.engine.aclose()
+
+
+async def drain(records: asyncio.Queue[dict[str, Any] | None], producers: int) -> AsyncIterator[dict[str, Any]]:
+    """The records `producers` put on the queue, until each has put its `None` (it is done)."""
+    while producers:
+        record = await records.get()
+        if record is None:
+            producers -= 1
+        else:
+            yield record
 
 
 def taker(items: Items) -> Callable[[], Awaitable[BatchItem | None]]:

@@ -117,11 +117,24 @@ class Engine:
         env = env or task.get("env") or self.default_env
         episode_id = episode_id or new_episode_id(task_index, repeat_index)
         started = time.time()
+
+        def aborted(stop_reason: str, error: Exception) -> dict[str, Any]:
+            return aborted_record(
+                task,
+                env=env,
+                episode_id=episode_id,
+                stop_reason=stop_reason,
+                error=error,
+                task_index=task_index,
+                repeat_index=repeat_index,
+                started=started,
+            )
+
         try:
             episode_settings = settings if isinstance(settings, EpisodeSettings) else self.settings_for(env, settings)
             graph = self.graph(env)
         except UsageError as exc:  # an unknown environment, settings outside their rules: this task fails
-            return self.aborted(task, env, episode_id, "invalid_task", exc, task_index, repeat_index, started)
+            return aborted("invalid_task", exc)
         graph_input = {"task": task, "episode_id": episode_id}
         try:
             if on_update is None:
@@ -129,33 +142,10 @@ class Engine:
             else:
                 state = await _stream(graph, graph_input, episode_settings, on_update)
         except Exception as exc:
-            return self.aborted(task, env, episode_id, "internal_error", exc, task_index, repeat_index, started)
+            return aborted("internal_error", exc)
         finally:
             self.clients.release(episode_id)
         return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)
-
-    @staticmethod
-    def aborted(
-        task: dict[str, Any],
-        env: str,
-        episode_id: str,
-        stop_reason: str,
-        error: BaseException | tuple[str, str],
-        task_index: int | None,
-        repeat_index: int,
-        started: float | None = None,
-    ) -> dict[str, Any]:
-        """The record of an episode that could not run or finish (see `core.record.aborted_record`)."""
-        return aborted_record(
-            task,
-            env=env,
-            episode_id=episode_id,
-            stop_reason=stop_reason,
-            error=error,
-            task_index=task_index,
-            repeat_index=repeat_index,
-            wall_s=0.0 if started is None else time.time() - started,
-        )
 
     def record(self, state: dict[str, Any], *, env: str | None = None) -> dict[str, Any]:
         """The rollout record of an episode's final state (a run stepped through by hand, Studio's thread)."""

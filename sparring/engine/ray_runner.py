@@ -37,7 +37,7 @@ from sparring.core.errors import UsageError
 from sparring.core.ids import new_episode_id
 from sparring.core.record import aborted_record
 from sparring.core.settings import EpisodeSettings
-from sparring.engine.batch import BatchItem, BatchRunner, Items, taker
+from sparring.engine.batch import BatchItem, BatchRunner, Items, drain, taker
 from sparring.engine.engine import Engine, EngineStats
 from sparring.engine.gc_tuning import tune_gc_for_rollouts
 from sparring.models.latency import LatencyHistogram
@@ -199,13 +199,8 @@ class RayRunner:
         records: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         drivers = [asyncio.create_task(self._drive(slot, records)) for slot in range(self.workers)]
         poller = asyncio.create_task(self._poll_stats())
-        running = len(drivers)
         try:
-            while running:
-                record = await records.get()
-                if record is None:
-                    running -= 1
-                    continue
+            async for record in drain(records, len(drivers)):
                 self.finished += 1
                 yield record
             for driver in drivers:  # re-raise a failure of the driver itself (e.g. no worker could start)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from sparring.core.errors import InputError
+from sparring.core.jsonl import json_object
 from sparring.core.messages import from_wire
 from sparring.core.task import parse_task, read_tasks
 from sparring.engine.replay import score
@@ -60,7 +60,8 @@ async def rescore_lines(
                 continue
             where = f"{path}:{line_no}"
             try:
-                results.append({"line": line_no, **await rescore_row(env, _load(line, where), where, tasks, env_url)})
+                row = json_object(line, where, "a row", RowError)
+                results.append({"line": line_no, **await rescore_row(env, row, where, tasks, env_url)})
             except InputError as exc:
                 results.append({"line": line_no, "error": str(exc)})
             except Exception as exc:  # the environment failed on this row: report it, keep going
@@ -154,16 +155,6 @@ def format_result(result: dict[str, Any]) -> str:
     if "reference_reward" in result:
         text += f"  row's reward {result['reference_reward']:g}: {'agrees' if result['agrees'] else 'DIFFERS'}"
     return text
-
-
-def _load(line: bytes, where: str) -> dict[str, Any]:
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise RowError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(row, dict):
-        raise RowError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    return row
 
 
 def _first_text(content: Any) -> str:

@@ -22,15 +22,7 @@ class Upstream:
 
     def __init__(self, endpoint: EndpointConfig) -> None:
         self.endpoint = endpoint
-        self.transport = Transport(
-            endpoint.base_urls,
-            api_key=endpoint.api_key,
-            timeout_s=endpoint.timeout_s,
-            max_retries=endpoint.max_retries,
-            retry_backoff_s=endpoint.retry_backoff_s,
-            max_connections=endpoint.max_connections,
-            routing="least_loaded",
-        )
+        self.transport = Transport.for_endpoint(endpoint, routing="least_loaded")
         replicas = self.transport.replicas
         assert replicas is not None  # an endpoint has at least one base URL
         self.replicas = replicas

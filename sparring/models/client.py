@@ -73,14 +73,7 @@ class ModelClient:
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
-        self.transport = Transport(
-            config.base_urls,
-            api_key=config.api_key,
-            timeout_s=config.timeout_s,
-            max_retries=config.max_retries,
-            retry_backoff_s=config.retry_backoff_s,
-            max_connections=config.max_connections,
-        )
+        self.transport = Transport.for_endpoint(config)
         self.replicas = self.transport.replicas
         self.latency = self.transport.latency
         self._capture = {"return_token_ids": True, "logprobs": True, "top_logprobs": 0} if config.capture_tokens else {}

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiohttp
 
@@ -30,6 +30,17 @@ from sparring.models.latency import LatencyHistogram
 from sparring.models.replicas import ReplicaSet
 
 Routing = Literal["least_loaded", "rendezvous"]
+
+
+class EndpointLike(Protocol):
+    """What `Transport.for_endpoint` reads of an endpoint (models/client.py's EndpointConfig)."""
+
+    base_urls: tuple[str, ...]
+    api_key: str | None
+    timeout_s: float
+    max_retries: int
+    retry_backoff_s: float
+    max_connections: int
 
 
 @dataclass(slots=True)
@@ -45,6 +56,19 @@ class Reply:
 
 class Transport:
     """Sends requests for one endpoint (its replicas) or, with no base URLs, to whole URLs."""
+
+    @classmethod
+    def for_endpoint(cls, endpoint: EndpointLike, *, routing: Routing = "rendezvous") -> Transport:
+        """The transport of one model endpoint: its replicas, key, time-out, retries and connection bound."""
+        return cls(
+            endpoint.base_urls,
+            api_key=endpoint.api_key,
+            timeout_s=endpoint.timeout_s,
+            max_retries=endpoint.max_retries,
+            retry_backoff_s=endpoint.retry_backoff_s,
+            max_connections=endpoint.max_connections,
+            routing=routing,
+        )
 
     def __init__(
         self,
@@ -98,6 +122,15 @@ class Transport:
             return self.replicas.pick_least_loaded(key)
         return self.replicas.pick(key)
 
+    async def _attempt(self, attempt: int, path: str, key: str) -> tuple[str | None, str]:
+        """After the backoff a retry waits, the attempt's replica (None without replicas) and its URL."""
+        if attempt:
+            await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        if self.replicas is None:
+            return None, path
+        replica = self.replica(key)
+        return replica, replica.rstrip("/") + path
+
     def release(self, key: str) -> None:
         """`key` is done: forget its replica."""
         if self.replicas is not None:
@@ -121,10 +154,7 @@ class Transport:
         last_error = ""
         url = path
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
-            replica = self.replica(key) if self.replicas is not None else None
-            url = replica.rstrip("/") + path if replica is not None else path
+            replica, url = await self._attempt(attempt, path, key)
             async with slots:
                 started = started or time.perf_counter()
                 self._started(replica)
@@ -170,10 +200,7 @@ class Transport:
         last_error = ""
         url = path
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
-            replica = self.replica(key) if self.replicas is not None else None
-            url = replica.rstrip("/") + path if replica is not None else path
+            replica, url = await self._attempt(attempt, path, key)
             self._started(replica)
             try:
                 response = await session.post(url, data=payload, headers=sent_headers, timeout=timeout)

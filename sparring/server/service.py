@@ -20,6 +20,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from sparring.core.ids import new_episode_id
+from sparring.core.record import aborted_record
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.batch import INTERRUPTED, BatchItem, BatchRunner
 from sparring.engine.engine import Engine
@@ -199,6 +200,12 @@ async def _probe(transport: Transport, base_url: str, timeout_s: float) -> str:
 
 def _not_started(item: BatchItem) -> dict[str, Any]:
     """The record of an episode the server never started because it shut down first."""
-    error = ("Interrupted", "the server shut down before this episode started")
-    episode_id = new_episode_id(item.task_index, item.repeat_index)
-    return Engine.aborted(item.task, item.env, episode_id, INTERRUPTED, error, item.task_index, item.repeat_index)
+    return aborted_record(
+        item.task,
+        env=item.env,
+        episode_id=new_episode_id(item.task_index, item.repeat_index),
+        stop_reason=INTERRUPTED,
+        error=("Interrupted", "the server shut down before this episode started"),
+        task_index=item.task_index,
+        repeat_index=item.repeat_index,
+    )

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from langchain_core.messages import BaseMessage
 
 from sparring.core.errors import InputError
+from sparring.core.jsonl import json_object
 from sparring.core.messages import from_wire
 from sparring.models.tito import FAKE_TOKENIZER_PREFIX, TokenizerUnavailable, load_tokenizer
 from sparring.views.transcript import format_message
@@ -39,12 +39,7 @@ def load_record(path: str | Path, index: int) -> dict[str, Any]:
             f"{path}: --index {index} is out of range; the file has {len(lines)} records (0-{len(lines) - 1})"
         )
     number, line = lines[index]
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"{path}:{number}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
+    record = json_object(line, f"{path}:{number}", "a record", RecordError)
     missing = [name for name in REQUIRED_FIELDS if name not in record]
     if missing:
         raise RecordError(f"{path}:{number}: not a rollout record (missing field {', '.join(missing)})")
