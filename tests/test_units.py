@@ -284,3 +284,22 @@ def test_error_bodies_of_either_shape_are_read() -> None:
     assert _error_message(b'{"error": {"message": "too long"}}') == "too long"
     assert _error_message(b'{"object": "error", "message": "old vllm"}') == "old vllm"
     assert _error_message(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
+async def test_generation_control_holds_calls_while_closed_and_releases_them_on_open() -> None:
+    import asyncio
+
+    from sparring.models.generation import GenerationControl
+
+    control = GenerationControl()
+    await control.wait_open()  # open: returns at once
+    control.close()
+    waiters = [asyncio.create_task(control.wait_open()) for _ in range(3)]
+    while control.waiting < 3:
+        await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    waiters[0].cancel()
+    await asyncio.gather(waiters[0], return_exceptions=True)
+    control.open()
+    await asyncio.gather(*waiters[1:])
+    assert control.waiting == 0

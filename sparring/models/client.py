@@ -15,6 +15,7 @@ import orjson
 
 from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
+from sparring.models.generation import GenerationControl
 from sparring.models.transport import Transport
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
@@ -74,6 +75,7 @@ class ModelClient:
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.transport = Transport.for_endpoint(config)
+        self.control = GenerationControl()  # the weight sync closes it, and names the adapter to use
         self.replicas = self.transport.replicas
         self.latency = self.transport.latency
         self._capture = {"return_token_ids": True, "logprobs": True, "top_logprobs": 0} if config.capture_tokens else {}
@@ -92,7 +94,10 @@ class ModelClient:
         tool_choice: str | dict[str, Any] | None = None,
     ) -> Completion:
         """One chat completion; token ids and logprobs are captured when the endpoint asks for them."""
-        body: dict[str, Any] = {"model": self.config.model, "messages": messages, **sampling, **self._capture}
+        if not self.control.is_open:
+            await self.control.wait_open()
+        model = self.control.adapter or self.config.model
+        body: dict[str, Any] = {"model": model, "messages": messages, **sampling, **self._capture}
         if tools:
             body["tools"] = tools
             if tool_choice is not None:
@@ -127,8 +132,10 @@ class ModelClient:
         Tool calls are not parsed here: in this mode sparring reads them from the text itself.
         `structured_outputs` is vLLM's constraint on the generated text (e.g. a tool call's arguments).
         """
+        if not self.control.is_open:
+            await self.control.wait_open()
         body: dict[str, Any] = {
-            "model": self.config.model,
+            "model": self.control.adapter or self.config.model,
             "prompt": prompt_ids,
             **sampling,
             "return_token_ids": True,
