@@ -33,6 +33,10 @@ fi
 echo "[test] ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "[test] layers (import-linter)"
+.venv/bin/lint-imports
+echo "[test] types (pyright over sparring/)"
+.venv/bin/pyright
 
 # pytest exits 5 when it collected nothing: a suite that silently vanished is a failure here.
 run_pytest() {
