@@ -120,5 +120,9 @@ def test_graph_prints_every_node_and_edge_as_mermaid() -> None:
     assert result.returncode == 0
     for node in ("seed", "policy", "policy_tools", "user", "user_tools", "verify"):
         assert f"\t{node}(" in result.stdout
-    for edge in ("policy -.-> policy_tools", "user_tools -.-> handover", "handover -.-> policy"):
+    for edge in (
+        "policy -.-> policy_tools",
+        "user -. &nbsp;hand over&nbsp; .-> policy",
+        "user_tools -. &nbsp;hand over",
+    ):
         assert edge in result.stdout

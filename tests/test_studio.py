@@ -32,7 +32,7 @@ from sparring.testing import FakeModelProcess
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = {"LANGGRAPH_NO_VERSION_CHECK": "1", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
 LOOPBACK = ("--host", "127.0.0.1", "--port")
-EPISODE_NODES = {"seed", "policy", "policy_tools", "user", "user_tools", "handover", "verify"}
+EPISODE_NODES = {"seed", "policy", "policy_tools", "user", "user_tools", "verify"}
 
 
 def free_port() -> int:

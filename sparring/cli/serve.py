@@ -103,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
+    sock.listen(2048)  # connections made as soon as the URL is printed wait in the backlog, not refused
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"sparring serve: listening on http://{shown}:{port} (env {args.env}; docs at /docs)", flush=True)

@@ -79,6 +79,8 @@ class EpisodeState(TypedDict, total=False):
     policy_steps: int
     user_steps: int
     turn_over: bool
+    # Who holds the turn; "policy" once the user's turn was handed over (nodes/handover.py), read by the routers.
+    turn_holder: Literal["policy", "user"]
     num_policy_calls: int
     num_user_calls: int
     ledger: Annotated[list[LedgerEntry], operator.add]

@@ -8,14 +8,15 @@
     policy_tools --steps left, turn not over---> policy
     policy_tools --no steps left / turn over---> user
     user         --tool calls (its own move)---> user_tools
-    user         --words for the policy--------> handover
-    user         --stop token / silence / failure--> verify
+    user         --hand over (its words)-------> policy
+    user         --stop token / silence / max turns / failure--> verify
     user_tools   --env done--------------------> verify
     user_tools   --steps left------------------> user
-    user_tools   --no steps left / moved-------> handover
-    handover     --turns left------------------> policy
-    handover     --max turns / env done--------> verify
+    user_tools   --hand over (no steps left, or moved)--> policy (or verify at max turns)
     verify -> END
+
+The hand-over is explicit: the node that closes the user's turn records it (`turn_holder`,
+nodes/handover.py), the routers read it, and the drawn edges carry the label "hand over".
 
 Nodes decide and record (status, counters); routing functions only read state. They are plain
 functions run through `Route`: LangGraph would run a sync path function in a worker thread and trace
@@ -39,7 +40,6 @@ from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeInput, EpisodeState
 from sparring.envs.base import Environment
 from sparring.nodes.deps import EpisodeDeps
-from sparring.nodes.handover import handover
 from sparring.nodes.policy import policy
 from sparring.nodes.seed import seed
 from sparring.nodes.tools import run_tools
@@ -66,6 +66,10 @@ class Route(Runnable[EpisodeState, str]):
         return self.decide(input)
 
 
+HAND_OVER = "hand over"
+NODE_OF_LABEL = {HAND_OVER: "policy"}
+"""Route results that name a step rather than a node: the edge is drawn with the label, to the node."""
+
 # Far above any real episode: our own limits (turns, steps) end episodes, never LangGraph's counter.
 RECURSION_LIMIT = 100_000
 
@@ -89,7 +93,6 @@ def build_graph(
     graph.add_node("policy_tools", partial(run_tools, deps=deps, actor="policy"))
     graph.add_node("user", partial(user, deps=deps))
     graph.add_node("user_tools", partial(run_tools, deps=deps, actor="user"))
-    graph.add_node("handover", partial(handover, deps=deps))
     graph.add_node("verify", partial(verify, deps=deps))
 
     graph.add_edge(START, "seed")
@@ -99,9 +102,9 @@ def build_graph(
         ("policy_tools", route_after_policy_tools),
         ("user", route_after_user),
         ("user_tools", route_after_user_tools),
-        ("handover", route_after_handover),
     ):
-        graph.add_conditional_edges(source, Route(route), list(get_args(get_type_hints(route)["return"])))
+        labels = get_args(get_type_hints(route)["return"])
+        graph.add_conditional_edges(source, Route(route), {label: NODE_OF_LABEL.get(label, label) for label in labels})
     graph.add_edge("verify", END)
     compiled = graph.compile(checkpointer=checkpointer, name=f"sparring-{env.name}")
     return compiled.with_config(recursion_limit=RECURSION_LIMIT)
@@ -134,30 +137,19 @@ def route_after_policy_tools(state: EpisodeState) -> Literal["verify", "policy",
     return "user"
 
 
-def route_after_user(state: EpisodeState) -> Literal["user_tools", "handover", "verify"]:
-    """The user's own tool calls run first; its words close its turn, unless the episode ended."""
+def route_after_user(state: EpisodeState) -> Literal["user_tools", "hand over", "verify"]:
+    """The user's own tool calls run first; its words hand the turn over, unless they ended the episode."""
     if state["status"]:
         return "verify"
     if raw_tool_calls(state["user_messages"][-1]):
         return "user_tools"
-    return "handover"
+    return HAND_OVER
 
 
-def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "handover"]:
-    """Done ends the episode; the user's turn closes when its steps ran out or it moved and hands over
-    without words (`user_words_after_move` off); otherwise the user goes on."""
+def route_after_user_tools(state: EpisodeState) -> Literal["verify", "user", "hand over"]:
+    """Done ends the episode; a turn the tool node handed over goes to the policy; else the user goes on."""
     if state["status"]:
         return "verify"
-    limits = state["limits"]
-    if state["user_steps"] >= limits["max_user_steps_per_turn"] or (
-        state["turn_over"] and not limits["user_words_after_move"]
-    ):
-        return "handover"
+    if state["turn_holder"] == "policy":
+        return HAND_OVER
     return "user"
-
-
-def route_after_handover(state: EpisodeState) -> Literal["policy", "verify"]:
-    """The policy's turn begins, unless max_turns or the environment's settlement ended the episode."""
-    if state["status"]:
-        return "verify"
-    return "policy"

@@ -29,6 +29,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
         "policy_steps": 0,
         "user_steps": 0,
         "turn_over": False,
+        "turn_holder": "policy",
         "num_policy_calls": 0,
         "num_user_calls": 0,
         "usage": {},

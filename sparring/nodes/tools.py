@@ -18,6 +18,7 @@ from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeState
 from sparring.envs.base import Actor
 from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.handover import hand_over
 from sparring.nodes.outcome import ended
 from sparring.tools.validation import ToolArgumentError, parse_arguments
 
@@ -66,4 +67,9 @@ async def run_tools(
         update.update(ended("completed", "env_done"))
         return update
     update["turn_over"] = deps.env.turn_over(env_state, actor)
+    if actor == "user" and (
+        state["user_steps"] >= state["limits"]["max_user_steps_per_turn"]
+        or (update["turn_over"] and not state["limits"]["user_words_after_move"])
+    ):
+        update.update(hand_over(state, deps, env_state, []))
     return update

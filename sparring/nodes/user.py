@@ -12,6 +12,7 @@ from sparring.core.messages import assistant_message, raw_tool_calls, to_wire_li
 from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeState
 from sparring.nodes.deps import EpisodeDeps
+from sparring.nodes.handover import hand_over
 from sparring.nodes.human import human_reply
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended
 from sparring.tools.parsing import adopt_text_calls
@@ -27,13 +28,17 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
     shown = [] if state["user_steps"] else shown_of_policy_turn(state, deps)
     if state.get("human_turn") is not None:  # a person plays this step (Studio, nodes/human.py)
         reply = human_reply(state["human_turn"], f"human_{len(state['user_messages'])}")
-        update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply]}
-        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content)}
+        update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply], "turn_holder": "user"}
+        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content, deps)}
     if step >= limits["max_user_steps_per_turn"] or (step > 1 and state["turn_over"]):
         tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:
         tool_choice = limits["user_tool_choice"] if step == 1 else "auto"
-    update: dict[str, Any] = {"user_steps": step, "num_user_calls": state["num_user_calls"] + 1}
+    update: dict[str, Any] = {
+        "user_steps": step,
+        "num_user_calls": state["num_user_calls"] + 1,
+        "turn_holder": "user",
+    }
     tools = deps.tools_for("user", state["env_state"])
     try:
         completion = await client.chat(
@@ -58,7 +63,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
     update["user_messages"] = [*shown, reply]
     if completion.tool_calls:
         return update
-    return {**update, **deliver_text(state, completion.text)}
+    return {**update, **deliver_text(state, completion.text, deps)}
 
 
 def cut_at_first(text: str, markers: list[str]) -> str:
@@ -89,9 +94,8 @@ def policy_turn_for_user(state: EpisodeState, deps: EpisodeDeps) -> str:
     return "\n\n".join(parts) or NOTHING_SHOWN
 
 
-def deliver_text(state: EpisodeState, text: str) -> dict[str, Any]:
-    """Pass the user's text to the policy (the `handover` node then closes the turn), or end the episode
-    on a stop token or silence.
+def deliver_text(state: EpisodeState, text: str, deps: EpisodeDeps) -> dict[str, Any]:
+    """Pass the user's text to the policy and hand the turn over, or end the episode on a stop token or silence.
 
     A stop token before the policy has said anything ends nothing (small user models echo the stop
     token of their instructions in their first message); it is removed, and the rest is delivered.
@@ -107,4 +111,4 @@ def deliver_text(state: EpisodeState, text: str) -> dict[str, Any]:
         return {"messages": delivered, **ended("completed", "user_stop")}
     if not visible:
         return ended("truncated", "user_empty")
-    return {"messages": delivered}
+    return hand_over(state, deps, state["env_state"], delivered)
