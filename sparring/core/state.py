@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AnyMessage
 from pydantic import WithJsonSchema
-from typing_extensions import TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
 
 from sparring.core.ledger import LedgerEntry
 from sparring.core.task import TASK_JSON_SCHEMA
@@ -64,8 +64,8 @@ class Sampling(TypedDict, total=False):
     stop: list[str]
 
 
-class EpisodeState(TypedDict, total=False):
-    """The whole episode."""
+class EpisodeState(TypedDict):
+    """The whole episode. What `seed` sets is required (nodes after it rely on it); the rest comes later."""
 
     task: dict[str, Any]
     episode_id: str
@@ -88,13 +88,13 @@ class EpisodeState(TypedDict, total=False):
     model_s: float
     tool_s: float
     started_at: float
-    wall_s: float
     status: Status | None
     stop_reason: str | None
     error: dict[str, str] | None
-    reward: float | None
-    reward_components: dict[str, float]
-    env_result: dict[str, Any]
+    wall_s: NotRequired[float]
+    reward: NotRequired[float | None]
+    reward_components: NotRequired[dict[str, float]]
+    env_result: NotRequired[dict[str, Any]]
     # Set by a person while the run is paused before `user` (Studio); the user node plays it instead of
     # calling the user model, and clears it. Text, or a HumanTurn with tool calls.
-    human_turn: str | HumanTurn | None
+    human_turn: NotRequired[str | HumanTurn | None]
