@@ -319,6 +319,16 @@ async def test_a_bad_seed_aborts_with_a_precise_error(make_harness) -> None:
         assert h.server.requests == []
 
 
+async def test_malformed_tool_calls_in_the_opening_end_invalid_task_naming_the_field(make_harness) -> None:
+    """Issue 15, 11: this ended aborted/internal_error with KeyError: 'id' (and 200 from `serve`)."""
+    opening = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"bogus": 1}]}]
+    async with make_harness({"policy": Script(moves(4)), "user": user_moves(0)}) as h:
+        record = await h.play({"messages": opening})
+        assert (record["status"], record["stop_reason"]) == ("aborted", "invalid_task")
+        assert "field messages.1.tool_calls.0.id: Field required" in record["error"]["message"]
+        assert not h.server.requests
+
+
 async def test_initial_moves_are_shown_to_the_policy(make_harness) -> None:
     task = {"env_seed": {"initial_moves": [{"position": 4, "mark": "X"}, {"position": 0, "mark": "O"}]}}
     async with make_harness({"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}) as h:
