@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sparring.cli import main, make_parser
+from sparring.cli.options import settings_from_args
 from sparring.testing import FakeModelProcess
 
 
@@ -126,3 +128,93 @@ def test_graph_prints_every_node_and_edge_as_mermaid() -> None:
         "user_tools -. &nbsp;hand over",
     ):
         assert edge in result.stdout
+
+
+UNREACHABLE_OF = {role: [f"--{role}-base-url", "http://127.0.0.1:9/v1"] for role in ("policy", "user")}
+UNREACHABLE = [*UNREACHABLE_OF["policy"], *UNREACHABLE_OF["user"]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-turns", "0"], "--max-turns: must be at least 1, got 0"),
+        (["--max-turns", "-3"], "--max-turns: must be at least 1, got -3"),
+        (["--max-steps-per-turn", "0"], "--max-steps-per-turn: must be at least 1, got 0"),
+        (["--max-user-steps-per-turn", "-1"], "--max-user-steps-per-turn: must be at least 1, got -1"),
+        (["--policy-max-tokens", "0"], "--policy-max-tokens: must be at least 1, got 0"),
+        (["--timeout", "-1"], "--timeout: must be more than 0, got -1.0"),
+        (["--timeout", "0"], "--timeout: must be more than 0, got 0.0"),
+        (["--timeout", "nan"], "--timeout: must be a finite number, got nan"),
+        (["--timeout", "inf"], "--timeout: must be a finite number, got inf"),
+        (["--policy-base-url", "a,b"], "--policy-base-url: must be an http(s) URL, got 'a'"),
+        (["--user-base-url", "127.0.0.1:8000"], "--user-base-url: must be an http(s) URL, got '127.0.0.1:8000'"),
+        (["--env-url", "file:///etc/passwd"], "--env-url: must be an http(s) URL, got 'file:///etc/passwd'"),
+        (["--policy-model", ""], "--policy-model: must not be empty"),
+        (["--policy-base-url", ","], "--policy-base-url: needs at least one URL"),
+        (["--env-url", ""], "--env-url: must be an http(s) URL, got ''"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "collect"])
+def test_every_episode_flag_is_checked_by_the_settings_rules_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, flags: list[str], message: str
+) -> None:
+    """Issue 15, 10: `--max-turns 0` truncated every episode with exit 0, `--timeout -1` meant no time-out."""
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("{}\n")
+    io = ["--input", str(tasks)] + (["--output", str(tmp_path / "out.jsonl")] if command == "collect" else [])
+    endpoints = [a for role in ("policy", "user") if f"--{role}-base-url" not in flags for a in UNREACHABLE_OF[role]]
+    assert main([command, *io, *endpoints, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sparring: error: {message}\n"
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grace", "-1"], "grace_s (--grace) must be a number of seconds, at least 0, got -1.0"),
+        (["--grace", "nan"], "grace_s (--grace) must be a number of seconds, at least 0, got nan"),
+        (["--pass-threshold", "nan"], "pass_threshold (--pass-threshold) must be a finite number, got nan"),
+        (["--repeats", "0"], "repeats (--repeats) must be at least 1"),
+        (["--concurrency", "-2"], "concurrency (--concurrency) must be at least 1"),
+        (["--limit", "-1"], "limit (--limit) must not be negative"),
+        (["--ray", "--workers", "0"], "ray.workers (--workers) must be at least 1"),
+    ],
+)
+def test_every_collect_flag_is_checked_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("{}\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["collect", "--input", str(tasks), "--output", str(out), *UNREACHABLE, *flags]) == 2
+    assert capsys.readouterr().err == f"sparring: error: {message}\n"
+    assert not out.exists()
+
+
+def test_comma_separated_base_urls_are_replicas_as_in_the_variables() -> None:
+    args = make_parser().parse_args(
+        ["run", "--policy-base-url", "http://a:1/v1, http://b:2/v1", "--user-base-url", "http://u/v1"]
+    )
+    settings = settings_from_args(args, "tictactoe")
+    assert settings.policy_base_urls == ["http://a:1/v1", "http://b:2/v1"]
+
+
+def test_run_checks_its_output_before_playing_the_episode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15, 4: `run --output <a directory>` played the whole episode, then lost its record in a traceback."""
+    (tmp_path / "file").write_text("")
+    for output, problem in (
+        (tmp_path, f"--output {tmp_path}: is a directory; name a file"),
+        (tmp_path / "file" / "out.jsonl", f"the folder {tmp_path / 'file'} is not a directory"),
+        (Path("/proc/out.jsonl"), "--output /proc/out.jsonl: cannot write there"),
+    ):
+        assert main(["run", "--output", str(output), *UNREACHABLE, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sparring: error: --output ") and problem in err and len(err.splitlines()) == 1, err
+
+
+def test_run_refuses_a_task_with_malformed_tool_calls_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15, 11: `messages[].tool_calls: [{"bogus": 1}]` ended aborted/internal_error with KeyError: 'id'."""
+    task = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"bogus": 1}]}]}
+    assert main(["run", "--task", json.dumps(task), *UNREACHABLE]) == 2
+    assert "--task: field messages.1.tool_calls.0.id: Field required" in capsys.readouterr().err

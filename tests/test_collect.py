@@ -13,11 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from sparring.cli import make_parser
+from sparring.cli import main, make_parser
 from sparring.cli.collect import collect_command
 from sparring.cli.options import UsageError
+from sparring.core.errors import InputError
+from sparring.core.settings import EpisodeSettings
 from sparring.core.task import TaskError, parse_task
-from sparring.engine.output import failures_path, metrics_path
+from sparring.engine.collect import CollectSpec, SilentProgress, collect
+from sparring.engine.output import failures_path, manifest_path, metrics_path
 from sparring.testing import Fail, FakeModelServer, Hang
 from sparring.testing.responders import ModelRequest, tictactoe_players
 
@@ -203,7 +206,7 @@ async def test_ctrl_c_ends_in_flight_episodes_as_interrupted_and_prints_the_resu
         argv = ["collect", "--input", str(tasks), "--output", str(out), "--concurrency", "4", "--quiet"]
         argv += endpoint_args(server.base_url)
         proc = await asyncio.create_subprocess_exec(*SPARRING, *argv, stderr=asyncio.subprocess.PIPE)
-        while not out.exists() or len(records(out)) < 2:
+        while not out.exists() or out.read_bytes().count(b"\n") < 2:  # whole lines: a write may be under way
             await asyncio.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -243,3 +246,164 @@ async def test_kill_9_in_the_middle_then_resume_loses_nothing_and_duplicates_not
     assert pairs(out) == Counter({(t, 0): 1 for t in range(12)})
     whole = before[: before.rfind(b"\n") + 1]
     assert out.read_bytes().startswith(whole), "the records written before the kill are untouched"
+
+
+def unwritable_outputs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """Flags naming an output that cannot be written, and the start of the one-line error each must give."""
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "good.jsonl").write_text("")
+    folder = str(tmp_path / "a-folder")
+    return [
+        (["--output", folder], f"output (--output) {folder}: is a directory"),
+        (["--output", folder, "--resume"], f"output (--output) {folder}: is a directory"),
+        (["--output", "/proc/x.jsonl"], "output (--output) /proc/x.jsonl: cannot write there"),
+        (["--output", f"{tmp_path}/good.jsonl/out.jsonl"], f"the folder {tmp_path}/good.jsonl is not a directory"),
+        (["--output", f"{tmp_path}/nowhere/out.jsonl"], f"the folder {tmp_path}/nowhere does not exist"),
+        (
+            ["--output", f"{tmp_path}/out.jsonl", "--failures", "/proc/f.jsonl"],
+            "failures (--failures) /proc/f.jsonl: cannot write there",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_an_output_that_cannot_be_written_fails_in_one_line_before_any_episode(
+    tmp_path: Path, capsys, case: int
+) -> None:
+    """Issue 15, 4: these ended in tracebacks, --failures /proc/f.jsonl after 121 of 200 records."""
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{}])
+    flags, message = unwritable_outputs(tmp_path)[case]
+    code = main(["collect", "--input", str(tasks), *flags, *endpoint_args("http://127.0.0.1:9/v1")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("sparring: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.jsonl").exists(), "no episode ran, nothing was written"
+
+
+class _Started(SilentProgress):
+    """Sets an event when the collection starts its episodes (it holds its locks by then)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    def start(self, total: int) -> None:
+        self.started.set()
+
+
+async def test_a_second_collector_on_the_same_output_stops_at_once_naming_the_first(tmp_path: Path) -> None:
+    """Issue 15, 1: two collects on one output wrote every record twice, and the file then refused --resume."""
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{} for _ in range(4)])
+    out, failures = tmp_path / "out.jsonl", tmp_path / "failed.jsonl"
+    players, gate = tictactoe_players(), asyncio.Event()
+
+    async def held_policy(request: ModelRequest) -> Any:
+        await gate.wait()  # the first collector's episodes wait here until the others were turned away
+        return players["policy"](request)
+
+    progress = _Started()
+    async with (
+        FakeModelServer({"policy": held_policy, "user": players["user"]}) as held,
+        FakeModelServer(tictactoe_players()) as free,
+    ):
+        settings = EpisodeSettings(policy_base_urls=[held.base_url], user_base_urls=[held.base_url])
+        spec = CollectSpec(input=tasks, output=out, failures=failures, settings=settings, repeats=2, concurrency=4)
+        first = asyncio.create_task(collect(spec, progress=progress))
+        await progress.started.wait()
+        others = [
+            ["--output", str(out)],
+            ["--output", str(out), "--resume"],
+            ["--output", str(out), "--resume", "--ray", "--workers", "1"],
+            ["--output", str(tmp_path / "other.jsonl"), "--failures", str(failures)],
+        ]
+        for flags in others:
+            argv = ["collect", "--input", str(tasks), *flags, "--repeats", "2", *endpoint_args(free.base_url)]
+            proc = await asyncio.create_subprocess_exec(*SPARRING, *argv, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 2, err.decode()
+            assert "is being written by another process (pid " + str(os.getpid()) in err.decode()
+        assert not free.requests, "no second collector played an episode"
+        gate.set()
+        result = await first
+    assert result.exit_code == 0
+    assert pairs(out) == Counter({(t, r): 1 for t in range(4) for r in range(2)})
+    assert not list(tmp_path.glob(".*.lock")), "the locks are gone with the run"
+
+
+async def test_resume_refuses_an_output_made_from_other_tasks(tmp_path: Path) -> None:
+    """Issue 15, 3: an output of A.jsonl resumed with B.jsonl kept A's records, ran B's rest, mixed both."""
+    a = write_tasks(tmp_path / "A.jsonl", [{"id": f"a{i}"} for i in range(3)])
+    b = write_tasks(tmp_path / "B.jsonl", [{"id": f"b{i}"} for i in range(5)])
+    edited = write_tasks(tmp_path / "A2.jsonl", [{"id": "a0"}, {"id": "a1", "limits": {"max_turns": 1}}, {"id": "a2"}])
+    shorter = write_tasks(tmp_path / "A3.jsonl", [{"id": "a0"}, {"id": "a1"}])
+    out = tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as server:
+        first = ["--input", str(a), "--output", str(out), "--quiet", *endpoint_args(server.base_url)]
+        assert await run_collect(*first) == 0
+        before = out.read_bytes()
+        for other, problem in (
+            (b, r"3 of its 3 tasks differ \(task index 0, 1, 2\)"),
+            (edited, r"1 of its 3 tasks differ \(task index 1\)"),
+            (shorter, r"the input has 2 tasks, it was made from 3"),
+        ):
+            for flags in (["--resume"], ["--retry-failed"], ["--resume", "--force"]):  # never forced
+                argv = ["--input", str(other), "--output", str(out), *flags, "--quiet"]
+                with pytest.raises(InputError, match=rf"was made from other tasks .*A\.jsonl.*: {problem}"):
+                    await run_collect(*argv, *endpoint_args(server.base_url))
+        with pytest.raises(InputError, match="environment 'tictactoe' for tasks that name none, not 'calendar'"):
+            await run_collect(*first, "--resume", "--env", "calendar")
+    assert out.read_bytes() == before, "a refused resume changes nothing"
+
+
+async def test_resume_with_other_settings_needs_force_and_says_what_differs(tmp_path: Path, capsys) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{} for _ in range(2)])
+    out = tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as a, FakeModelServer(tictactoe_players()) as b:
+        common = ["--input", str(tasks), "--output", str(out), "--quiet"]
+        assert await run_collect(*common, "--limit", "1", *endpoint_args(a.base_url)) == 0
+        manifest = orjson.loads(manifest_path(out).read_bytes())
+        assert manifest["input"] == str(tasks) and len(manifest["tasks"]) == 2
+        assert manifest["settings"]["tictactoe"]["max_turns"] == 5 and "policy_base_urls" not in str(manifest)
+        # Other URLs (replicas), time-outs, concurrency and limits of the run are not results: no refusal.
+        relaxed = ["--concurrency", "3", "--limit", "2", *endpoint_args(b.base_url), "--timeout", "45"]
+        assert await run_collect(*common, "--resume", *relaxed) == 0
+        assert len(records(out)) == 2
+        changed = ["--repeats", "2", "--max-turns", "3", "--policy-max-tokens", "300", *endpoint_args(a.base_url)]
+        with pytest.raises(
+            InputError,
+            match=r"made with other settings: tictactoe: policy_max_tokens was 512, now 300; tictactoe: max_turns "
+            r"was 5, now 3\. Resume with the settings it was made with, or pass --force if this change is deliberate",
+        ):
+            await run_collect(*common, "--resume", *changed)
+        assert await run_collect(*common, "--resume", "--force", *changed) == 0
+    assert "settings changed (--force): tictactoe: policy_max_tokens was 512, now 300;" in capsys.readouterr().err
+    assert pairs(out) == Counter({(t, r): 1 for t in range(2) for r in range(2)})
+    manifest = orjson.loads(manifest_path(out).read_bytes())
+    assert manifest["settings"]["tictactoe"]["max_turns"] == 3
+    assert [e["settings"]["tictactoe"]["max_turns"] for e in manifest["earlier"]] == [5]
+
+
+async def test_an_output_without_a_manifest_resumes_only_with_force(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{} for _ in range(2)])
+    out = tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as server:
+        common = ["--input", str(tasks), "--output", str(out), "--quiet", *endpoint_args(server.base_url)]
+        assert await run_collect(*common, "--limit", "1") == 0
+        manifest_path(out).unlink()  # an output written before manifests existed
+        with pytest.raises(InputError, match=r"has no manifest .* resume with --force to adopt it"):
+            await run_collect(*common, "--resume")
+        assert await run_collect(*common, "--resume", "--force") == 0
+        tasks.write_text(tasks.read_text() + "{}\n")  # tasks appended to the input run; the others are kept
+        assert await run_collect(*common, "--resume") == 0
+    assert pairs(out) == Counter({(0, 0): 1, (1, 0): 1, (2, 0): 1})
+    assert len(orjson.loads(manifest_path(out).read_bytes())["tasks"]) == 3
+
+
+async def test_a_task_with_malformed_tool_calls_is_skipped_naming_the_field(tmp_path: Path, capsys) -> None:
+    """Issue 15, 11: `messages[].tool_calls: [{"bogus": 1}]` ended aborted/internal_error with KeyError: 'id'."""
+    bogus = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"bogus": 1}]}]}
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [bogus, {}])
+    out = tmp_path / "out.jsonl"
+    async with FakeModelServer(tictactoe_players(), record=False) as server:
+        argv = ["--input", str(tasks), "--output", str(out), "--quiet", *endpoint_args(server.base_url)]
+        assert await run_collect(*argv) == 1
+    assert f"skipped {tasks}:1: field messages.1.tool_calls.0.id: Field required" in capsys.readouterr().err
+    assert pairs(out) == Counter({(1, 0): 1})

@@ -91,6 +91,23 @@ async def test_context_length_400_truncates(make_harness) -> None:
         assert (record["status"], record["stop_reason"]) == ("truncated", "context_length")
         assert "maximum context length" in record["error"]["message"]
         assert record["reward"] == 0.0 and record["env_result"]["game_result"] == "incomplete"
+        assert record["num_policy_calls"] == len(record["trajectory"]["calls"]) == 1, "a refused call is not counted"
+
+
+async def test_the_call_counts_of_an_aborted_episode_are_the_calls_the_server_answered(make_harness) -> None:
+    """Issue 15, 14: an aborted record counted its failed last call (1,794 in the records, 1,791 answered)."""
+    policy = Script([*moves(4), Fail(500), Fail(500)])
+    async with make_harness({"policy": policy, "user": user_moves(0)}) as h:
+        record = await h.play(max_retries=1)
+        assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
+        assert len(h.requests("policy")) == 3 and len(h.requests("user")) == 2
+        assert record["num_policy_calls"] == len(record["trajectory"]["calls"]) == 1
+        assert record["num_user_calls"] == 2
+    user = Script([Call("make_move", {"position": 0}), Fail(503)])
+    async with make_harness({"policy": Script(moves(4)), "user": user}) as h:
+        record = await h.play(max_retries=0)
+        assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
+        assert len(h.requests("user")) == 2 and record["num_user_calls"] == 1
 
 
 async def test_real_context_overflow_truncates(make_harness) -> None:
@@ -143,7 +160,7 @@ async def test_an_unreachable_user_server_aborts(make_harness) -> None:
     async with make_harness({"policy": Script(moves(4))}) as h:
         record = await h.play(user_base_urls=["http://127.0.0.1:9/v1"], max_retries=0)
         assert (record["status"], record["stop_reason"]) == ("aborted", "model_error")
-        assert record["num_policy_calls"] == 1 and record["num_user_calls"] == 1
+        assert record["num_policy_calls"] == 1 and record["num_user_calls"] == 0, "the failed call is not counted"
 
 
 async def test_a_4xx_is_not_retried(make_harness) -> None:
@@ -300,6 +317,16 @@ async def test_a_bad_seed_aborts_with_a_precise_error(make_harness) -> None:
         assert (record["status"], record["stop_reason"]) == ("aborted", "invalid_task")
         assert "env_seed.initial_moves[1]: position 4 is already taken by O" in record["error"]["message"]
         assert h.server.requests == []
+
+
+async def test_malformed_tool_calls_in_the_opening_end_invalid_task_naming_the_field(make_harness) -> None:
+    """Issue 15, 11: this ended aborted/internal_error with KeyError: 'id' (and 200 from `serve`)."""
+    opening = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"bogus": 1}]}]
+    async with make_harness({"policy": Script(moves(4)), "user": user_moves(0)}) as h:
+        record = await h.play({"messages": opening})
+        assert (record["status"], record["stop_reason"]) == ("aborted", "invalid_task")
+        assert "field messages.1.tool_calls.0.id: Field required" in record["error"]["message"]
+        assert not h.server.requests
 
 
 async def test_initial_moves_are_shown_to_the_policy(make_harness) -> None:

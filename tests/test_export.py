@@ -13,6 +13,8 @@ import pytest
 
 from sparring.cli import main, make_parser
 from sparring.cli.collect import collect_command
+from sparring.core.errors import InputError
+from sparring.engine import export as export_module
 from sparring.engine.export import export
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import tictactoe_players
@@ -131,3 +133,114 @@ def test_a_damaged_record_line_is_named_and_no_half_file_is_left(tmp_path: Path)
     with pytest.raises(ValueError, match=r"records\.jsonl:2: not a rollout record"):
         export(source, tmp_path / "rows.parquet")
     assert not (tmp_path / "rows.parquet").exists() and not list(tmp_path.glob(".rows*"))
+
+
+def with_segment(**changes: Any) -> dict[str, Any]:
+    """KNOWN[0] with its first segment changed."""
+    record = orjson.loads(orjson.dumps(KNOWN[0]))
+    record["trajectory"]["segments"][0].update(changes)
+    return record
+
+
+BAD_RECORDS = [
+    (
+        with_segment(loss_mask=[0, 1]),
+        r"field trajectory\.segments\.0: token_ids, loss_mask and logprobs must have one entry per token, "
+        r"got lengths 3, 2 and 3",
+    ),
+    (with_segment(loss_mask=[0, 2, 1]), r"field trajectory\.segments\.0\.loss_mask\.1: must be 0 or 1, got 2"),
+    (with_segment(loss_mask=[0, True, 1]), r"field trajectory\.segments\.0\.loss_mask\.1: must be 0 or 1, got True"),
+    (
+        with_segment(token_ids=["x", 1, 2]),
+        r"field trajectory\.segments\.0\.token_ids\.0: must be a token id .* got 'x'",
+    ),
+    (with_segment(token_ids=[1, 2**40, 2]), r"field trajectory\.segments\.0\.token_ids\.1: must be a token id"),
+    (with_segment(logprobs=[0.0, "-0.5", -1.0]), r"field trajectory\.segments\.0\.logprobs\.1: must be a number"),
+    (
+        orjson.dumps(KNOWN[0]).replace(b"-1.5", b"-1e400"),
+        r"field trajectory\.segments\.0\.logprobs\.2: must be a finite number, got -inf",
+    ),
+    (
+        orjson.dumps(KNOWN[0]).replace(b"-0.25", b"NaN"),  # what Python's json writes for a NaN
+        r"field trajectory\.segments\.0\.logprobs\.1: must be a finite number, got nan",
+    ),
+    ({**KNOWN[0], "reward": "1.0"}, r"field reward: Input should be a valid number, got '1.0'"),
+    (orjson.dumps(KNOWN[0]).replace(b'"reward":1.0', b'"reward":Infinity'), r"field reward: .*finite number"),
+    ({**KNOWN[0], "task_index": "0"}, r"field task_index: Input should be a valid integer"),
+    ({**KNOWN[0], "status": "done"}, r"field status: Input should be 'completed', 'truncated' or 'aborted'"),
+    ({k: v for k, v in KNOWN[0].items() if k != "id"}, r"field id: Field required"),
+    ({**KNOWN[0], "trajectory": {"segments": [[1, 2]]}}, r"field trajectory\.segments\.0: must be an object"),
+    ([1, 2], r"field \(record\): must be a JSON object, got list"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_RECORDS, ids=range(len(BAD_RECORDS)))
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_bad_record_fails_the_export_naming_file_line_and_field_and_writes_no_file(
+    tmp_path: Path, bad: Any, message: str, suffix: str
+) -> None:
+    """Issue 15, 2: a misaligned or mistyped record became a row (2136/2133/2136 elements) with exit 0."""
+    source = tmp_path / "records.jsonl"
+    line = bad if isinstance(bad, bytes) else orjson.dumps(bad)
+    source.write_bytes(orjson.dumps(KNOWN[1]) + b"\n" + line + b"\n" + orjson.dumps(KNOWN[2]) + b"\n")
+    output = tmp_path / f"rows{suffix}"
+    with pytest.raises(InputError, match=rf"^{source}:2: {message}"):
+        export(source, output)
+    assert not output.exists() and not list(tmp_path.glob(".rows*")), "a failed export leaves no file"
+
+
+def test_skip_leaves_bad_records_out_counts_and_reports_them(tmp_path: Path, capsys) -> None:
+    rows = [KNOWN[0], with_segment(loss_mask=[0, 1]), *KNOWN[1:4], {**KNOWN[4], "reward": "x"}, *KNOWN[4:]]
+    source = write_records(tmp_path / "records.jsonl", rows)
+    skipped: list[str] = []
+    stats = export(source, tmp_path / "rows.parquet", on_bad_record="skip", on_skip=skipped.append)
+    assert stats.bad_records == 2 and [s.split(": field")[0] for s in skipped] == [f"{source}:2", f"{source}:6"]
+    assert stats.records == 7 and stats.rows == 12, "the good records export exactly as without the bad ones"
+    assert {r["episode_id"] for r in pq.read_table(tmp_path / "rows.parquet").to_pylist()} == {
+        r["id"] for r in KNOWN if r["status"] != "aborted"
+    }
+    assert main(["export", str(source), "-o", str(tmp_path / "cli.jsonl"), "--on-bad-record", "skip"]) == 1
+    captured = capsys.readouterr()
+    assert f"sparring export: skipped {source}:2: field trajectory.segments.0" in captured.err
+    assert orjson.loads(captured.out)["bad_records"] == 2
+    assert main(["export", str(source), "-o", str(tmp_path / "fail.parquet")]) == 2
+    assert f"{source}:2: field trajectory.segments.0" in capsys.readouterr().err
+    assert not (tmp_path / "fail.parquet").exists()
+
+
+def test_a_torn_last_line_is_reported_never_dropped_silently(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "records.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in KNOWN) + orjson.dumps(KNOWN[0])[:40])
+    with pytest.raises(InputError, match=rf"{source}:8: a torn last line \(40 bytes"):
+        export(source, tmp_path / "rows.parquet")
+    assert not (tmp_path / "rows.parquet").exists()
+    assert main(["export", str(source), "-o", str(tmp_path / "rows.parquet"), "--on-bad-record", "skip"]) == 1
+    assert f"skipped {source}:8: a torn last line" in capsys.readouterr().err
+    assert len(pq.read_table(tmp_path / "rows.parquet")) == 12
+
+
+def test_rows_come_from_the_bytes_the_first_pass_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collect appending while export runs adds nothing the first pass did not check (nor a group it never saw)."""
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    statistics_of = export_module.group_statistics
+
+    def statistics_then_append(rewards: dict[str, list[float]]) -> Any:
+        with open(source, "ab") as handle:  # between the two passes, as a running collect would
+            handle.write(orjson.dumps(synthetic(9, 0, 1.0)) + b"\n" + b'{"torn')
+        return statistics_of(rewards)
+
+    monkeypatch.setattr(export_module, "group_statistics", statistics_then_append)
+    stats = export(source, tmp_path / "rows.jsonl")
+    assert stats.records == 7 and stats.rows == 12
+
+
+def test_an_output_that_cannot_be_written_fails_in_one_line_before_reading(tmp_path: Path, capsys) -> None:
+    source = write_records(tmp_path / "records.jsonl", KNOWN)
+    (tmp_path / "rows.parquet").mkdir()
+    assert main(["export", str(source), "-o", str(tmp_path / "rows.parquet")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"sparring: error: --output {tmp_path / 'rows.parquet'}: is a directory; name a file\n"
+    )
+    assert main(["export", str(source), "-o", "/proc/rows.jsonl"]) == 2
+    assert "--output /proc/rows.jsonl: cannot write there" in capsys.readouterr().err

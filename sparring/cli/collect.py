@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 DESCRIPTION = """Run many episodes from a JSONL file of tasks, appending one rollout record per (task, repeat)
 as each ends. Bad task lines are reported with their line and skipped; --resume continues an output
-after a crash or Ctrl-C without running any pair twice; --retry-failed reruns only aborted pairs.
+after a crash or Ctrl-C without running any pair twice, and only with the tasks and settings it was
+made with (OUTPUT.manifest.json); --retry-failed reruns only aborted pairs. One collector per output.
 """
 
 
@@ -43,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an existing output: skip pairs it holds")
     parser.add_argument(
         "--retry-failed", action="store_true", help="run again only the aborted pairs of an existing output"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume/--retry-failed: accept settings that differ from the ones the output was made with "
+        "(or an output without a manifest); never other tasks",
     )
     parser.add_argument(
         "--grace", type=float, default=0.0, metavar="S", help="on Ctrl-C/SIGTERM, seconds in-flight episodes may finish"
@@ -87,6 +94,7 @@ def spec_from_args(args: argparse.Namespace) -> CollectSpec:
         seed=args.seed,
         resume=args.resume,
         retry_failed=args.retry_failed,
+        force=args.force,
         grace_s=args.grace,
         pass_threshold=args.pass_threshold,
         ray=RaySpec(workers=2 if args.workers is None else args.workers, address=args.address) if args.ray else None,
@@ -107,6 +115,8 @@ async def collect_command(args: argparse.Namespace) -> int:
     from sparring.engine.output import metrics_path
 
     spec = spec_from_args(args)
+    spec.check()  # before the progress bar draws anything: a bad flag or path is one line
+    settings_from_args(args, args.env)
     console = Console(stderr=True, soft_wrap=True)
     progress = _QuietProgress(console) if args.quiet else _BarProgress(console)
     tune_gc_for_rollouts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from sparring.core.errors import UsageError
 DESCRIPTION = """Turn rollout records into training rows: one row per policy segment of each scored episode, with
 its exact token_ids, loss_mask and logprobs, the reward, the group and the group advantage
 (reward minus the group mean; --normalize std divides by the group's std). Parquet or JSONL by
-the output's extension. Aborted episodes are left out and counted."""
+the output's extension. Aborted episodes are left out and counted. Every record is checked first
+(equal lengths of token_ids/loss_mask/logprobs, a 0/1 mask, finite logprobs where it is 1, the
+fields' types); a bad one stops the export, naming its file, line and field, or with
+--on-bad-record skip is left out, reported and counted (exit 1). A failed export writes no file."""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--normalize", choices=["none", "std"], default="none", help="divide advantages by the group's std"
     )
     parser.add_argument("--drop-equal-groups", action="store_true", help="leave out groups whose rewards are all equal")
+    parser.add_argument(
+        "--on-bad-record",
+        choices=["fail", "skip"],
+        default="fail",
+        help="a record that cannot be a training row: stop with its file:line and field (default), "
+        "or leave it out, report it on stderr and count it (exit 1)",
+    )
     parser.set_defaults(func=cmd_export)
 
 
@@ -44,12 +55,19 @@ def input_of(args: argparse.Namespace, flag: str = "--input") -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export and print the counts (one JSON line on stdout)."""
+    """Export and print the counts (one JSON line on stdout); 1 when bad records were skipped."""
     import orjson
 
     from sparring.engine.export import export
 
-    stats = export(input_of(args), args.output, normalize=args.normalize, drop_equal_groups=args.drop_equal_groups)
+    stats = export(
+        input_of(args),
+        args.output,
+        normalize=args.normalize,
+        drop_equal_groups=args.drop_equal_groups,
+        on_bad_record=args.on_bad_record,
+        on_skip=lambda problem: print(f"sparring export: skipped {problem}", file=sys.stderr, flush=True),
+    )
     summary = {**stats.__dict__, "groups_by_size": {str(k): v for k, v in sorted(stats.groups_by_size.items())}}
     print(orjson.dumps({"output": str(args.output), **summary}).decode())
-    return 0
+    return 1 if stats.bad_records else 0

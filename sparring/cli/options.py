@@ -81,11 +81,11 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     explicit: dict[str, Any] = {}
     for role in ("policy", "user"):
         urls = getattr(args, f"{role}_base_url", None)
-        if urls:  # repeatable, and each may be comma-separated like the variables: several replicas
+        if urls is not None:  # repeatable, and each may be comma-separated like the variables: several replicas
             explicit[f"{role}_base_urls"] = [part.strip() for url in urls for part in url.split(",") if part.strip()]
         for name in ("model", "api_key"):
             value = getattr(args, f"{role}_{name}", None)
-            if value:
+            if value is not None:  # an empty one too: the rules refuse it by name
                 explicit[f"{role}_{name}"] = value
     for name in _FLAG_SETTINGS:
         value = getattr(args, name, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,25 +59,30 @@ async def _run(args: argparse.Namespace) -> int:
 
     from sparring.engine.engine import Engine
     from sparring.engine.gc_tuning import tune_gc_for_rollouts
+    from sparring.engine.output import OutputLock, check_output_path
     from sparring.views.transcript import print_update
 
     task = load_task(args)
     env = task.get("env") or args.env
-    engine = Engine(settings_from_args(args, env), env=env)
-    tune_gc_for_rollouts()
-    try:
-        record = await engine.play(
-            task,
-            env=env,
-            task_index=args.index if args.input else None,
-            on_update=None if args.quiet else print_update,
-        )
-    finally:
-        await engine.aclose()
-    line = orjson.dumps(record)
-    if args.output:
-        with open(args.output, "ab") as handle:
-            handle.write(line + b"\n")
+    settings = settings_from_args(args, env)
+    with contextlib.ExitStack() as held:
+        if args.output:  # checked and locked before the episode: an OS error never costs a played episode
+            held.enter_context(OutputLock(check_output_path(args.output, "--output"), "--output"))
+        engine = Engine(settings, env=env)
+        tune_gc_for_rollouts()
+        try:
+            record = await engine.play(
+                task,
+                env=env,
+                task_index=args.index if args.input else None,
+                on_update=None if args.quiet else print_update,
+            )
+        finally:
+            await engine.aclose()
+        line = orjson.dumps(record)
+        if args.output:
+            with open(args.output, "ab") as handle:
+                handle.write(line + b"\n")
     if not args.quiet:
         print(
             f"status {record['status']} ({record['stop_reason']}), reward {record['reward']}, "

@@ -3,7 +3,9 @@
     result = await collect(CollectSpec(input="tasks.jsonl", output="rollouts.jsonl", repeats=8))
     result.exit_code      # 0: every episode ran; 1: some aborted or lines were bad; 130: stopped
 
-Resume, the failures file and `retry_failed` follow the rules in `engine/output.py`; the metrics
+Resume, the failures file, `retry_failed`, the checks of the output paths, the lock that keeps a
+second collector off the same output and the manifest that ties an output to its tasks and settings
+follow the rules in `engine/output.py`; the metrics
 file is `engine/metrics.py`'s summary, rewritten (atomically) at most every `METRICS_EVERY_S` and
 at the end. The order of work: tasks are read (bad lines reported and counted, never fatal),
 optionally shuffled with a seed, cut to `limit`, expanded into `repeats` items each (the repeats of
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import random
 import signal
 import time
@@ -30,13 +33,18 @@ from sparring.engine.batch import BatchItem, BatchRunner, Runner
 from sparring.engine.engine import Engine
 from sparring.engine.metrics import MetricsAccumulator
 from sparring.engine.output import (
+    OutputLock,
     PreparedOutput,
     RecordWriter,
+    check_output_path,
     failures_path,
     is_failure,
+    make_manifest,
     metrics_path,
     prepare_output,
+    resumed_manifest,
     write_json_atomically,
+    write_manifest,
 )
 from sparring.engine.settings import resolve_settings
 
@@ -79,6 +87,13 @@ class CollectSpec:
     retry_failed: bool = field(
         default=False, metadata={"description": "Run again the aborted pairs of an existing output."}
     )
+    force: bool = field(
+        default=False,
+        metadata={
+            "description": "Resume an output made with other settings (or without a manifest), deliberately; "
+            "never one made from other tasks."
+        },
+    )
     grace_s: float = field(
         default=0.0, metadata={"description": "On stop (Ctrl-C, SIGTERM), seconds in-flight episodes may finish."}
     )
@@ -94,7 +109,14 @@ class CollectSpec:
                 raise UsageError(f"{name} (--{name}) must be at least 1")
         if self.limit is not None and self.limit < 0:
             raise UsageError("limit (--limit) must not be negative")
-        output = Path(self.output)
+        if not math.isfinite(self.grace_s) or self.grace_s < 0:
+            raise UsageError(f"grace_s (--grace) must be a number of seconds, at least 0, got {self.grace_s!r}")
+        if not math.isfinite(self.pass_threshold):
+            raise UsageError(f"pass_threshold (--pass-threshold) must be a finite number, got {self.pass_threshold!r}")
+        output = check_output_path(self.output, "output (--output)")
+        failures = check_output_path(failures_file(self), "failures (--failures)")
+        if failures.resolve() == output.resolve():
+            raise UsageError(f"failures (--failures) {failures}: the output itself; name another file")
         if output.exists() and output.stat().st_size and not (self.resume or self.retry_failed):
             raise UsageError(
                 f"output {self.output} already holds records: resume (--resume) to continue it, "
@@ -168,17 +190,8 @@ class CollectResult:
         return 1 if self.failed or self.invalid_tasks else 0
 
 
-@dataclass
-class Plan:
-    """The items to run and what was found on the way."""
-
-    items: list[BatchItem]
-    invalid_tasks: int
-    tasks: int
-
-
-def plan_items(spec: CollectSpec, prepared: PreparedOutput, progress: CollectProgress) -> Plan:
-    """Tasks in, items out (see the module docstring for the order of the steps)."""
+def read_task_file(spec: CollectSpec, progress: CollectProgress) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The input's good tasks by index, and how many lines were bad (each reported with its file and line)."""
     tasks: list[tuple[int, dict[str, Any]]] = []
     invalid = 0
     for task_index, _, task in scan_tasks(spec.input):
@@ -187,18 +200,23 @@ def plan_items(spec: CollectSpec, prepared: PreparedOutput, progress: CollectPro
             progress.say(f"skipped {task}")
             continue
         tasks.append((task_index, task))
+    return tasks, invalid
+
+
+def plan_items(spec: CollectSpec, tasks: list[tuple[int, dict[str, Any]]], prepared: PreparedOutput) -> list[BatchItem]:
+    """The input's good tasks in, items out (see the module docstring for the order of the steps)."""
+    tasks = list(tasks)
     if spec.shuffle:
         random.Random(spec.seed).shuffle(tasks)
     if spec.limit is not None:
         tasks = tasks[: spec.limit]
     retry_only = spec.retry_failed and not spec.resume
-    items = [
+    return [
         BatchItem(task_index, repeat, task, task.get("env") or spec.env)
         for task_index, task in tasks
         for repeat in range(spec.repeats)
         if (task_index, repeat) not in prepared.done and (not retry_only or (task_index, repeat) in prepared.rerun)
     ]
-    return Plan(items, invalid, len(tasks))
 
 
 def make_runner(spec: CollectSpec, settings: Callable[[str], EpisodeSettings]) -> Runner:
@@ -236,11 +254,26 @@ async def collect(
     """
     spec.check()
     progress = progress or SilentProgress()
+    with OutputLock(spec.output, "output (--output)"), OutputLock(failures_file(spec), "failures (--failures)"):
+        return await _collect(spec, progress, stop_on_signals)
+
+
+async def _collect(spec: CollectSpec, progress: CollectProgress, stop_on_signals: bool) -> CollectResult:
+    """`collect` while this process holds the output's and the failures file's locks."""
     settings = settings_source(spec)
+    tasks, invalid_tasks = read_task_file(spec, progress)
+    manifest = make_manifest(spec.input, spec.env, _playable_envs(spec, tasks, settings), settings)
+    notes: list[str] = []
+    output = Path(spec.output)
+    if output.exists() and output.stat().st_size:  # `check` allows this only when resuming or retrying
+        manifest, notes = resumed_manifest(output, manifest, force=spec.force)
     metrics = MetricsAccumulator(pass_threshold=spec.pass_threshold)
     prepared = prepare_output(spec.output, retry_failed=spec.retry_failed, on_kept=metrics.add)
+    for note in notes:
+        progress.say(note)
     _say_prepared(spec, prepared, progress)
-    plan = plan_items(spec, prepared, progress)
+    items = plan_items(spec, tasks, prepared)
+    write_manifest(spec.output, manifest)
     runner = make_runner(spec, settings)
     writer = RecordWriter(spec.output, spec.failures)
     started = time.perf_counter()
@@ -254,7 +287,7 @@ async def collect(
             episodes_this_run=ran,
             latency=stats.latency,
             replicas=stats.replicas,
-            invalid_tasks=plan.invalid_tasks,
+            invalid_tasks=invalid_tasks,
         )
 
     def on_signal(name: str) -> None:
@@ -269,8 +302,8 @@ async def collect(
         loop.add_signal_handler(sig, on_signal, sig.name)
     last_metrics = 0.0
     try:
-        progress.start(len(plan.items))
-        async for record in runner.run(plan.items):
+        progress.start(len(items))
+        async for record in runner.run(items):
             writer.write(record)
             metrics.add(record)
             ran += 1
@@ -295,13 +328,27 @@ async def collect(
     return CollectResult(
         episodes=ran,
         failed=failed,
-        invalid_tasks=plan.invalid_tasks,
+        invalid_tasks=invalid_tasks,
         kept=prepared.kept,
-        planned=len(plan.items),
+        planned=len(items),
         wall_s=time.perf_counter() - started,
         metrics=final,
         interrupted_by=interrupted_by[0] if interrupted_by else None,
     )
+
+
+def _playable_envs(
+    spec: CollectSpec, tasks: list[tuple[int, dict[str, Any]]], settings: Callable[[str], EpisodeSettings]
+) -> list[str]:
+    """The environments the tasks play whose settings resolve (the others' episodes end `invalid_task`)."""
+    playable = []
+    for env in sorted({spec.env} | {task.get("env") or spec.env for _, task in tasks}):
+        try:
+            settings(env)
+        except UsageError:
+            continue
+        playable.append(env)
+    return playable
 
 
 def _say_prepared(spec: CollectSpec, prepared: PreparedOutput, progress: CollectProgress) -> None:

@@ -12,27 +12,46 @@ whose rewards are all equal (one-record groups included) has advantage 0 everywh
 nothing: `--drop-equal-groups` leaves it out; it is counted either way. An episode without any
 policy token (e.g. the user spoke and stopped) has no segment and so no row; it is counted too.
 
-Two passes over the input, so memory holds rewards per group and one batch of rows, never the records.
+Every record is checked before anything is written (`record_problem`): the fields a row is made of
+have their types (ids and statuses strings, indices whole numbers, a finite reward), and each
+segment's `token_ids` (whole numbers from 0 to 2**31 - 1), `loss_mask` (0 or 1) and `logprobs`
+(finite numbers: where the mask is 1 they are what was sampled, where it is 0 the ledger writes 0.0)
+have equal lengths. A bad record is an `InputError` naming its
+file, line and field; `on_bad_record="fail"` (the default) stops the export at the first one,
+`"skip"` leaves it out, reports and counts it. A torn last line (a collect still writing, or killed
+mid-line) is such a bad record: reported, never dropped silently. A failed export leaves no file at
+the output path: rows go to a temporary file renamed into place only when every row is written.
+
+Two passes over the input, so memory holds rewards per group and one batch of rows, never the records;
+the second reads exactly the bytes the first checked (a collect appending meanwhile adds nothing).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparring.core.errors import InputError, UsageError
+from sparring.engine.output import check_output_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 EPSILON = 1e-6
 ROWS_PER_BATCH = 1024
+MAX_TOKEN_ID = 2**31 - 1
+"""Token ids are stored as int32."""
+BAD_RECORD_POLICIES = ("fail", "skip")
+EXAMPLES_KEPT = 20
 
 
 @dataclass
@@ -49,6 +68,9 @@ class ExportStats:
     equal_reward_groups: int = 0
     equal_reward_groups_dropped: int = 0
     groups_by_size: dict[int, int] = field(default_factory=dict)
+    bad_records: int = 0
+    bad_record_examples: list[str] = field(default_factory=list)
+    """The first few bad records' errors (all of them went to `on_skip`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,62 +142,209 @@ def rows_of(record: dict[str, Any], group: Group, gid: str, normalize: str) -> I
         }
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file; a damaged line names its file and line (a torn last line is skipped)."""
-    with open(path, "rb") as handle:
-        lines = iter(enumerate(handle, start=1))
-        for line_no, line in lines:
-            if not line.strip():
-                continue
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                if not line.endswith(b"\n") and next(lines, None) is None:
-                    return  # torn by a crash while writing; `collect --resume` reruns it
-                raise InputError(f"{path}:{line_no}: not a rollout record ({exc})") from None
+class _RecordFields(BaseModel):
+    """The scalar fields a row is made of, with the types the rows store."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: str
+    env: str | None = None
+    task_index: int | None = Field(None, ge=0)
+    repeat_index: int | None = Field(None, ge=0)
+    task_id: str | int | None = None
+    status: Literal["completed", "truncated", "aborted"]
+    stop_reason: str | None = None
+    reward: float | None = Field(None, allow_inf_nan=False)
+    num_turns: int | None = Field(None, ge=0, le=MAX_TOKEN_ID)
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a record cannot become training rows (`field name: problem`), or None when it can."""
+    if not isinstance(record, dict):
+        return f"(record): must be a JSON object, got {type(record).__name__}"
+    try:
+        _RecordFields.model_validate(record)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "(record)"
+        return f"{name}: {first['msg']}, got {first.get('input')!r}"[:500]
+    trajectory = record.get("trajectory")
+    if trajectory is None:
+        return None
+    if not isinstance(trajectory, dict):
+        return f"trajectory: must be an object, got {type(trajectory).__name__}"
+    mismatches = trajectory.get("prefix_mismatches", 0)
+    if type(mismatches) is not int or not 0 <= mismatches <= MAX_TOKEN_ID:
+        return f"trajectory.prefix_mismatches: must be a whole number, at least 0, got {mismatches!r}"
+    segments = trajectory.get("segments") or []
+    if not isinstance(segments, list):
+        return f"trajectory.segments: must be a list, got {type(segments).__name__}"
+    for index, segment in enumerate(segments):
+        problem = segment_problem(segment)
+        if problem is not None:
+            return f"trajectory.segments.{index}{problem}"
+    return None
+
+
+def segment_problem(segment: Any) -> str | None:
+    """Why a ledger segment is not a training row (`.field: problem`), or None.
+
+    Checked in C where it can be (types as a set, min and max), element by element only to name the bad one.
+    """
+    if not isinstance(segment, dict):
+        return f": must be an object, got {type(segment).__name__}"
+    arrays = {}
+    for name in ("token_ids", "loss_mask", "logprobs"):
+        values = segment.get(name)
+        if not isinstance(values, list):
+            return f".{name}: must be a list, got {type(values).__name__}"
+        arrays[name] = values
+    ids, mask, logprobs = arrays["token_ids"], arrays["loss_mask"], arrays["logprobs"]
+    if not set(map(type, ids)) <= {int} or (ids and (min(ids) < 0 or max(ids) > MAX_TOKEN_ID)):
+        j = next(j for j, v in enumerate(ids) if type(v) is not int or not 0 <= v <= MAX_TOKEN_ID)
+        return f".token_ids.{j}: must be a token id (a whole number from 0 to {MAX_TOKEN_ID}), got {ids[j]!r}"
+    if not set(map(type, mask)) <= {int} or not set(mask) <= {0, 1}:
+        j = next(j for j, v in enumerate(mask) if type(v) is not int or v not in (0, 1))
+        return f".loss_mask.{j}: must be 0 or 1, got {mask[j]!r}"
+    if not set(map(type, logprobs)) <= {float, int}:
+        j = next(j for j, v in enumerate(logprobs) if type(v) not in (float, int))
+        return f".logprobs.{j}: must be a number, got {logprobs[j]!r}"
+    if not len(ids) == len(mask) == len(logprobs):
+        return (
+            ": token_ids, loss_mask and logprobs must have one entry per token, "
+            f"got lengths {len(ids)}, {len(mask)} and {len(logprobs)}"
+        )
+    if not all(map(math.isfinite, logprobs)):
+        j = next(j for j, v in enumerate(logprobs) if not math.isfinite(v))
+        return f".logprobs.{j}: must be a finite number, got {logprobs[j]!r}"
+    return None
+
+
+def _lines(handle: IO[bytes], end: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line, offset after it) from the start of the file, up to byte `end` if given."""
+    handle.seek(0)
+    offset = 0
+    for line_no, line in enumerate(handle, start=1):
+        if end is not None and offset >= end:
+            return
+        offset += len(line)
+        yield line_no, line, offset
+
+
+def parse_record(line: bytes) -> Any:
+    """One line's JSON; NaN, Infinity and numbers past a double (which Python's `json` writes, and orjson
+    refuses) are read too, so the check can name the field that holds them."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise exc from None
+
+
+def checked_record(line: bytes, where: str) -> dict[str, Any]:
+    """The record on one line, or an InputError naming `where` (file:line), the field and the problem."""
+    try:
+        record = parse_record(line)
+    except orjson.JSONDecodeError as exc:
+        if not line.endswith(b"\n"):
+            raise InputError(
+                f"{where}: a torn last line ({len(line)} bytes, no newline: a collect still writing, or stopped "
+                "mid-line); `sparring collect --resume` cuts it and reruns its episode"
+            ) from None
+        raise InputError(f"{where}: not a rollout record ({exc})") from None
+    problem = record_problem(record)
+    if problem is not None:
+        raise InputError(f"{where}: field {problem}")
+    return record
 
 
 def export(
-    source: str | Path, output: str | Path, *, normalize: str = "none", drop_equal_groups: bool = False
+    source: str | Path,
+    output: str | Path,
+    *,
+    normalize: str = "none",
+    drop_equal_groups: bool = False,
+    on_bad_record: str = "fail",
+    on_skip: Callable[[str], None] | None = None,
 ) -> ExportStats:
-    """Write the training rows of `source` to `output` (.parquet, or .jsonl); returns the counts."""
+    """Write the training rows of `source` to `output` (.parquet, or .jsonl); returns the counts.
+
+    `on_bad_record`: "fail" raises the first bad record's InputError (and writes nothing); "skip"
+    leaves bad records out, counts them and passes each error to `on_skip`.
+    """
     if normalize not in ("none", "std"):
         raise UsageError(f"normalize must be 'none' or 'std', got {normalize!r}")
-    writer = _RowWriter(Path(output))  # checks the extension before any work
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise UsageError(f"on_bad_record (--on-bad-record) must be 'fail' or 'skip', got {on_bad_record!r}")
+    writer = _RowWriter(Path(output))  # checks the extension and the path before any work
     stats = ExportStats()
     rewards: dict[str, list[float]] = {}
-    for record in read_records(source):
-        if is_scored(record):
-            rewards.setdefault(group_id(record), []).append(float(record["reward"]))
-    groups = group_statistics(rewards)
-    stats.groups = len(groups)
-    for group in groups.values():
-        stats.groups_by_size[group.size] = stats.groups_by_size.get(group.size, 0) + 1
-        if group.all_equal:
-            stats.equal_reward_groups += 1
-            stats.equal_reward_groups_dropped += drop_equal_groups
-    with writer:
-        for record in read_records(source):
-            stats.records += 1
-            if record.get("status") == "aborted":
-                stats.aborted_left_out += 1
+    bad_lines: set[int] = set()
+    end = 0
+    with open(source, "rb") as handle:
+        for line_no, line, offset in _lines(handle):
+            end = offset
+            if not line.strip():
                 continue
-            if not is_scored(record):
-                stats.unscored_left_out += 1
+            try:
+                record = checked_record(line, f"{source}:{line_no}")
+            except InputError as exc:
+                if on_bad_record == "fail":
+                    raise
+                bad_lines.add(line_no)
+                stats.bad_records += 1
+                if len(stats.bad_record_examples) < EXAMPLES_KEPT:
+                    stats.bad_record_examples.append(str(exc))
+                if on_skip is not None:
+                    on_skip(str(exc))
                 continue
-            gid = group_id(record)
-            group = groups[gid]
-            if drop_equal_groups and group.all_equal:
-                continue
-            rows = list(rows_of(record, group, gid, normalize))
-            if not rows:
-                stats.without_policy_tokens += 1
-                continue
-            stats.episodes_exported += 1
-            stats.rows += len(rows)
-            for row in rows:
-                writer.add(row)
+            if is_scored(record):
+                rewards.setdefault(group_id(record), []).append(float(record["reward"]))
+        groups = group_statistics(rewards)
+        stats.groups = len(groups)
+        for group in groups.values():
+            stats.groups_by_size[group.size] = stats.groups_by_size.get(group.size, 0) + 1
+            if group.all_equal:
+                stats.equal_reward_groups += 1
+                stats.equal_reward_groups_dropped += drop_equal_groups
+        with writer:
+            for line_no, line, _ in _lines(handle, end):  # exactly the bytes the first pass checked
+                if not line.strip() or line_no in bad_lines:
+                    continue
+                _add_rows(parse_record(line), groups, normalize, drop_equal_groups, stats, writer)
     return stats
+
+
+def _add_rows(
+    record: dict[str, Any],
+    groups: dict[str, Group],
+    normalize: str,
+    drop_equal_groups: bool,
+    stats: ExportStats,
+    writer: _RowWriter,
+) -> None:
+    """One checked record's rows (or the count of why it has none)."""
+    stats.records += 1
+    if record.get("status") == "aborted":
+        stats.aborted_left_out += 1
+        return
+    if not is_scored(record):
+        stats.unscored_left_out += 1
+        return
+    gid = group_id(record)
+    group = groups[gid]
+    if drop_equal_groups and group.all_equal:
+        return
+    rows = list(rows_of(record, group, gid, normalize))
+    if not rows:
+        stats.without_policy_tokens += 1
+        return
+    stats.episodes_exported += 1
+    stats.rows += len(rows)
+    for row in rows:
+        writer.add(row)
 
 
 def parquet_schema() -> pa.Schema:
@@ -209,21 +378,22 @@ def parquet_schema() -> pa.Schema:
 class _RowWriter:
     """Parquet in batches (bounded memory), or JSONL, chosen by the file's extension.
 
-    Writes to a temporary file renamed into place at the end: a failed export never leaves half a file.
+    Writes to a temporary file beside the output, renamed into place only when every row is written:
+    a failed export (a bad record, a full disk, a bug) never leaves a file, or half of one, at the path.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
         self.jsonl = path.suffix == ".jsonl"
         if not self.jsonl and path.suffix != ".parquet":
             raise UsageError(f"--output {path}: use a .parquet or .jsonl file")
+        check_output_path(path, "--output")
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._batch: list[dict[str, Any]] = []
         self._parquet: Any = None
         self._jsonl: Any = None
 
     def __enter__(self) -> _RowWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.jsonl:
             self._jsonl = open(self.tmp, "wb")
         else:
@@ -249,15 +419,19 @@ class _RowWriter:
             self._batch = []
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        written = False
         try:
-            if self.jsonl:
-                self._jsonl.close()
-            else:
-                if exc_type is None:
-                    self._flush()
-                self._parquet.close()
+            if exc_type is None and not self.jsonl:
+                self._flush()
+            written = exc_type is None
         finally:
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                self.tmp.unlink(missing_ok=True)
+            try:
+                (self._jsonl if self.jsonl else self._parquet).close()
+            except Exception:
+                written = False
+                raise
+            finally:
+                if written:
+                    os.replace(self.tmp, self.path)
+                else:
+                    self.tmp.unlink(missing_ok=True)

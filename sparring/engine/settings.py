@@ -43,16 +43,22 @@ def resolve_settings(
     explicit = dict(explicit or {})
     changes: dict[str, Any] = {}
     local: dict[str, Any] | None = None
-    for role in ROLES:
-        urls = explicit.pop(f"{role}_base_urls", None) or _split(environ.get(f"SPARRING_{role.upper()}_BASE_URL", ""))
-        model = explicit.pop(f"{role}_model", None) or environ.get(f"SPARRING_{role.upper()}_MODEL")
-        if not urls:
+    given = {name for name, value in explicit.items() if value is not None}
+    for role in ROLES:  # an explicit value is used as given (the rules refuse an empty one); a variable if set
+        urls = explicit.pop(f"{role}_base_urls", None)
+        if urls is None:
+            urls = _split(environ.get(f"SPARRING_{role.upper()}_BASE_URL", ""))
+        model = explicit.pop(f"{role}_model", None)
+        if model is None:
+            model = environ.get(f"SPARRING_{role.upper()}_MODEL") or None
+        urls_given = f"{role}_base_urls" in given
+        if not urls and not urls_given:
             local = _local_endpoints() if local is None else local
             if role in local:
-                urls, model = [local[role]["base_url"]], model or local[role]["model"]
+                urls, model = [local[role]["base_url"]], local[role]["model"] if model is None else model
                 if role == "policy" and Path(local[role]["model_path"]).is_dir():
                     changes["policy_tokenizer"] = local[role]["model_path"]
-        if not urls:
+        if not urls and not urls_given:
             if role in require:
                 raise UsageError(
                     f"no {role} model server: pass --{role}-base-url URL, set SPARRING_{role.upper()}_BASE_URL, "
@@ -60,13 +66,15 @@ def resolve_settings(
                 )
             continue
         changes[f"{role}_base_urls"] = list(urls)
-        if model:
+        if model is not None:
             changes[f"{role}_model"] = model
         api_key = explicit.pop(f"{role}_api_key", None) or environ.get(f"SPARRING_{role.upper()}_API_KEY")
         if api_key:
             changes[f"{role}_api_key"] = api_key
-    env_url = explicit.pop("env_url", None) or environ.get("SPARRING_ENV_URL")
-    if env_url:
+    env_url = explicit.pop("env_url", None)
+    if env_url is None:
+        env_url = environ.get("SPARRING_ENV_URL") or None
+    if env_url is not None:
         changes["env_url"] = env_url
     changes.update({name: value for name, value in explicit.items() if value is not None})
     try:

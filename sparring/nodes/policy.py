@@ -24,10 +24,7 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
     """Call the policy on its view of the conversation; a full context or a dead server ends the episode."""
     client, _ = deps.clients.clients(runtime.context)
     starts_turn = state["policy_steps"] == 0
-    update: dict[str, Any] = {
-        "policy_steps": state["policy_steps"] + 1,
-        "num_policy_calls": state["num_policy_calls"] + 1,
-    }
+    update: dict[str, Any] = {"policy_steps": state["policy_steps"] + 1}
     if starts_turn:
         update["turn"] = state["turn"] + 1
     tokenizer = runtime.context.policy_tokenizer
@@ -53,10 +50,11 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
             completion.text, completion.tool_calls = adopt_text_calls(
                 completion.text, completion.tool_calls, tools.names, call_id_prefix(state, "policy")
             )
-    except ContextLengthExceeded as exc:
+    except ContextLengthExceeded as exc:  # refused, not answered: not counted in num_policy_calls
         return {**update, **ended("truncated", "context_length", exc)}
     except (ModelCallError, TokenizerUnavailable) as exc:
         return {**update, **ended("aborted", "model_error", exc)}
+    update["num_policy_calls"] = state["num_policy_calls"] + 1  # answered calls only (a reply to record)
     return {**update, **record_completion(state, completion, current)}
 
 

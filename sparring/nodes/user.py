@@ -34,11 +34,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
         tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:
         tool_choice = limits["user_tool_choice"] if step == 1 else "auto"
-    update: dict[str, Any] = {
-        "user_steps": step,
-        "num_user_calls": state["num_user_calls"] + 1,
-        "turn_holder": "user",
-    }
+    update: dict[str, Any] = {"user_steps": step, "turn_holder": "user"}
     tools = deps.tools_for("user", state["env_state"])
     try:
         completion = await client.chat(
@@ -52,6 +48,7 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
         return {**update, "user_messages": shown, **ended("truncated", "context_length", exc)}
     except ModelCallError as exc:
         return {**update, "user_messages": shown, **ended("aborted", "model_error", exc)}
+    update["num_user_calls"] = state["num_user_calls"] + 1  # answered calls only, as for the policy
     completion.text = cut_at_first(completion.text, runtime.context.user_stop_strings)
     if tool_choice != "none":
         completion.text, completion.tool_calls = adopt_text_calls(
