@@ -210,6 +210,17 @@ def test_only_faults_decide_notes_leave_the_agent_blamed() -> None:
     assert [(r["check"], r["severity"]) for r in verdict["reasons"]] == [("policy_tool_errors", "note")]
 
 
+def test_a_check_keeps_three_reasons_per_severity_and_counts_the_rest() -> None:
+    chat = Chat().user("Cancel order #W1001.")
+    for turn in range(6):
+        chat.policy(f"Question number {turn}?").user(f"Hello! How can I help you today? ({turn})")
+    verdict = attribute(chat.record())
+    found = [r for r in verdict["reasons"] if r["check"] == "spoke_as_assistant"]
+    assert [r["where"]["index"] for r in found] == [4, 6, 8]
+    assert found[-1]["detail"].endswith("(and 3 more like it)")
+    assert verdict["label"] == "user"
+
+
 def test_full_reward_is_configurable_and_a_draw_is_a_failure() -> None:
     chat = Chat(TICTACTOE_OPENING, TICTACTOE_PERSONA).policy("").user_move(4, '{"board": []}')
     assert label(chat.record("completed", "env_done", 0.5)) == "agent"
@@ -266,6 +277,10 @@ def test_role_words_and_odd_punctuation_in_a_sentence_are_no_leak(text: str) -> 
         "Great! What topic or issue is your concern about?",
         "That's great! Please let me know the information you'd like me to assist you with.",
         "You're welcome! Let me know if you have any more questions or if you need further assistance.",
+        "Hello! I can help you with a variety of tasks, including ordering, managing orders, and more.",
+        "I'm sorry, but I can't assist with that. If you need any specific assistance, feel free to ask me anything!",
+        "I'm here to help you! What task would you like assistance with today?",
+        "I'm sorry, but as an AI language model, I don't have access to your current",
         "Hello! How can I help you today?",
         "Could you please provide your email address so I can look up the order?",
         "I have cancelled your order #W1001.",
@@ -293,6 +308,9 @@ def test_the_agents_lines_from_the_user_are_speaking_as_the_assistant(text: str)
         "I'm not sure what my order number is, can you look it up by my email?",
         "What is the refund amount?",
         "Yes, I agree to the cancellation. Thanks!",
+        "If you need my order number, it is #W1001; feel free to call me at 555-0100.",
+        "What would you like me to do next? I can send a photo of the mug.",
+        "Glad that's sorted out, thanks. What happens to the refund?",
     ],
 )
 def test_ordinary_customer_lines_are_not_the_assistants(text: str) -> None:
@@ -425,7 +443,24 @@ def test_a_user_that_repeats_the_policys_reply_echoes_it() -> None:
     chat = Chat().user("Cancel order #W1001, please.").policy(reply).user(reply.replace("please?", "please."))
     found = checks(chat.record())
     assert found["echoed_policy"][0]["where"] == at("user_messages", 4)
-    assert "user_messages[3]" in found["echoed_policy"][0]["detail"]
+    assert "shown at user_messages[3]" in found["echoed_policy"][0]["detail"]
+
+
+def test_a_user_that_repeats_an_earlier_policy_reply_word_for_word_echoes_it() -> None:
+    """The default model's loop: the user answered with the policy's reply of a turn before, then looped."""
+    sorry = "I'm sorry, but I can't assist with that. If you need any specific assistance, feel free to ask!"
+    here = "I'm here to help you! What task would you like assistance with today?"
+    chat = Chat().user("Please cancel my order #W1001.").policy(sorry).user("Why not?").policy(here).user(sorry)
+    found = checks(chat.record())
+    assert [(r["where"], r["detail"][:62]) for r in found["echoed_policy"]] == [
+        (at("user_messages", 6), "the user echoed the policy's words shown at user_messages[3]: ")
+    ]
+
+
+def test_a_policy_that_repeats_an_earlier_user_message_echoes_it() -> None:
+    request = "I want to cancel my pending order #W1001 because I no longer need it."
+    chat = Chat().user(request).policy("Why?").user("I said it already.").policy(request)
+    assert [r["where"] for r in checks(chat.record())["policy_echoed_user"]] == [at("messages", 5)]
 
 
 def test_echoing_the_greeting_is_an_echo() -> None:

@@ -4,7 +4,8 @@ Every episode gets a verdict, `{"label": ..., "reasons": [...]}`, from rule chec
 and read only the record: `messages` (the policy's view, each message with its `actor`), `user_messages`
 (the simulated user's role-flipped view: its persona as the system prompt, its own replies as
 `assistant`), `status`, `stop_reason`, `reward` and `error`. Each reason names its check, the actor it
-blames, its severity, a short detail and where it saw it (a message index in one of the two views).
+blames, its severity, a short detail and where it saw it (a message index in one of the two views); a
+check keeps its first REASONS_PER_CHECK reasons per severity and counts the rest.
 
 Labels
   none   the episode succeeded (reward at least `full_reward`); its reasons, if any, are kept as notes
@@ -129,6 +130,8 @@ order") never matches a second-person persona ("You want to cancel your order") 
 REQUEST_MIN_CONTENT_WORDS = 2
 """A request needs at least two words beyond greetings, thanks and fillers ("cancel ... order")."""
 
+REASONS_PER_CHECK = 3
+"""Reasons kept per check and severity: a user stuck in a loop for 30 turns needs three examples, not 30."""
 QUOTE_CHARS = 60
 """How much of a message a reason quotes."""
 
@@ -141,7 +144,7 @@ TOOL_CALL_MARKUP = re.compile(r"</?tool_call>|\{\s*\"name\"\s*:\s*\"[^\"]*\"\s*,
 ASSISTANT_VOICE = re.compile(
     r"""\bhow\s+(?:can|may|could)\s+I\s+(?:help|assist)\s+you\b
     | \bis\s+there\s+anything\s+else\s+I\s+(?:can|could|may)\s+(?:help|assist)\s+you\b
-    | \b(?:happy|glad)\s+to\s+(?:help|assist)\s+you\b
+    | \b(?:happy|glad)\s+to\s+(?:help|assist)\b
     | \bthank(?:s|\s+you)\s+for\s+(?:contacting|reaching\s+out\s+to|choosing)\b
     | \b(?:could|can|may|would)\s+you\s+(?:please\s+)?(?:provide|share|give\s+me|confirm)\s+your\s+
       (?:e-?mail|full\s+name|zip(?:\s+code)?|user\s+id|order\s+(?:id|number)|address)\b
@@ -151,9 +154,13 @@ ASSISTANT_VOICE = re.compile(
       customer\s+(?:service|support)\s+(?:agent|representative))\b
     | \bas\s+an\s+AI\b
     | \bI'm\s+here\s+to\s+help\b
+    | \bI\s+can\s+help\s+you\s+with\b
+    | \bfeel\s+free\s+to\s+(?:ask|let\s+me\s+know|reach\s+out|contact\s+us)\b
+    | \bwhat\s+(?:\w+\s+){0,2}would\s+you\s+like\s+(?:assistance|help)\b
+    | \bwhat\s+can\s+I\s+do\s+for\s+you\b
     | \b(?:let\s+me\s+know|feel\s+free\s+to\s+ask)\s+if\s+you\s+(?:have|need)\s+any\s+(?:more\s+|other\s+|further\s+)?
       (?:questions|help|assistance)\b
-    | \bif\s+you\s+need\s+(?:any\s+)?(?:further|more|additional)\s+(?:assistance|help)\b
+    | \bif\s+you\s+need\s+(?:any\s+)?(?:further\s+|more\s+|additional\s+|specific\s+)?(?:assistance|help)\b
     | \b(?:don't|do\s+not)\s+hesitate\s+to\s+(?:ask|reach\s+out|contact)\b
     | \byou'd\s+like\s+me\s+to\s+(?:assist|help)\s+you\s+with\b
     | \bwhat\s+(?:\w+\s+){0,5}is\s+your\s+(?:concern|issue|question|problem)\b""",
@@ -345,7 +352,26 @@ def attribute(
     reasons = [reason for check in BUILTIN_CHECKS for reason in check(episode)]
     for check in (rules or AttributionRules()).checks:
         reasons.extend(_run_extra(check, episode))
-    return {"label": decide(episode, reasons), "reasons": reasons}
+    return {"label": decide(episode, reasons), "reasons": capped(reasons)}
+
+
+def capped(reasons: Sequence[Reason]) -> list[Reason]:
+    """At most REASONS_PER_CHECK reasons per check and severity, the last kept one counting the rest."""
+    kept: dict[tuple[str, str], list[Reason]] = {}
+    dropped: dict[tuple[str, str], int] = {}
+    out: list[Reason] = []
+    for item in reasons:
+        key = (item["check"], item["severity"])
+        group = kept.setdefault(key, [])
+        if len(group) < REASONS_PER_CHECK:
+            group.append(item)
+            out.append(item)
+        else:
+            dropped[key] = dropped.get(key, 0) + 1
+    for key, count in dropped.items():
+        last = kept[key][-1]
+        last["detail"] += f" (and {count} more like it)"
+    return out
 
 
 def decide(episode: Episode, reasons: Sequence[Reason]) -> Label:
@@ -488,19 +514,28 @@ def check_repeated_message(episode: Episode) -> Iterator[Reason]:
 
 
 def check_echoed_policy(episode: Episode) -> Iterator[Reason]:
-    """A user reply that is mostly a copy of what the policy just said (the two models echoing each other).
+    """A user reply that is mostly a copy of the policy reply it answered, or word for word one of the
+    policy's earlier replies (the two models echoing each other, a turn apart).
 
     Only the policy's words count: copying the environment's observation is what some users are told to
     do (calendar shows the user its next request to write).
     """
+    earlier: dict[tuple[str, ...], int | None] = {}  # each policy reply's words -> where the user saw it
     for turn in episode.user_turns:
+        for text in turn.answered:
+            earlier.setdefault(words(text), turn.shown_index)
         if turn.answered and is_echo(turn.words, turn.answered):
-            yield reason(
-                "echoed_policy",
-                "user",
-                f"the user echoed the reply it was shown (user_messages[{turn.shown_index}]): {quote(turn.text)}",
-                at("user_messages", turn.index),
-            )
+            source = turn.shown_index
+        elif len(turn.words) >= ECHO_MIN_WORDS and turn.words in earlier:
+            source = earlier[turn.words]
+        else:
+            continue
+        yield reason(
+            "echoed_policy",
+            "user",
+            f"the user echoed the policy's words shown at user_messages[{source}]: {quote(turn.text)}",
+            at("user_messages", turn.index),
+        )
 
 
 def check_no_request(episode: Episode) -> Iterator[Reason]:
@@ -625,17 +660,24 @@ def check_tool_failures(episode: Episode) -> Iterator[Reason]:
 
 
 def check_policy_echoed_user(episode: Episode) -> Iterator[Reason]:
-    """The policy's reply is mostly a copy of the user's last message: the policy's half of an echo loop."""
+    """The policy's reply is mostly a copy of the user's last message, or word for word an earlier one:
+    the policy's half of an echo loop."""
     last_user = ""
+    earlier: dict[tuple[str, ...], int] = {}
     for index, message in enumerate(episode.messages):
         actor = _actor(message)
         if actor == "user":
             last_user = text_of(message)
-        elif actor == "policy" and last_user and is_echo(words(text_of(message)), [last_user]):
+            earlier.setdefault(words(last_user), index)
+            continue
+        if actor != "policy" or not last_user:
+            continue
+        said = words(text_of(message))
+        if is_echo(said, [last_user]) or (len(said) >= ECHO_MIN_WORDS and said in earlier):
             yield reason(
                 "policy_echoed_user",
                 "agent",
-                f"the policy echoed the user's last message: {quote(text_of(message))}",
+                f"the policy echoed the user's words: {quote(text_of(message))}",
                 at("messages", index),
             )
 
