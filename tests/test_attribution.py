@@ -65,7 +65,7 @@ class Chat:
 
     def user(self, text: str, observation: str | None = None) -> Chat:
         """The user's reply to what it has not seen yet; its words (stop token removed) reach the policy."""
-        self._show(observation)
+        self.show(observation)
         self.user_messages.append({"role": "assistant", "content": text})
         visible = text.replace(STOP, "").strip()
         if visible:
@@ -74,7 +74,7 @@ class Chat:
 
     def user_move(self, position: int, result: str, observation: str | None = BOARD) -> Chat:
         """A tic-tac-toe user step: a tool call in the user's view and its result, no words."""
-        self._show(observation)
+        self.show(observation)
         self.calls += 1
         call_id = f"user_{self.calls}"
         call = {
@@ -118,7 +118,8 @@ class Chat:
             **extra,
         }
 
-    def _show(self, observation: str | None) -> None:
+    def show(self, observation: str | None) -> None:
+        """What the user is shown next: the policy's unseen replies, then the observation (nodes/user.py)."""
         parts = [*self.unseen, *([observation] if observation else [])]
         self.unseen = []
         if parts:
@@ -247,7 +248,7 @@ def test_template_tokens_and_bare_role_headers_are_a_leak(text: str) -> None:
 
 def test_a_leak_in_the_users_tool_arguments_counts_too() -> None:
     chat = Chat(TICTACTOE_OPENING, TICTACTOE_PERSONA).policy("")
-    chat._show(BOARD)
+    chat.show(BOARD)
     call = {
         "id": "u1",
         "type": "function",
