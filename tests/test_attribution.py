@@ -282,6 +282,7 @@ def test_role_words_and_odd_punctuation_in_a_sentence_are_no_leak(text: str) -> 
         "I'm sorry, but I can't assist with that. If you need any specific assistance, feel free to ask me anything!",
         "I'm here to help you! What task would you like assistance with today?",
         "I'm sorry, but as an AI language model, I don't have access to your current",
+        'You can ask questions like "What kind of backpack am I looking for?"',
         "Hello! How can I help you today?",
         "Could you please provide your email address so I can look up the order?",
         "I have cancelled your order #W1001.",
@@ -312,6 +313,7 @@ def test_the_agents_lines_from_the_user_are_speaking_as_the_assistant(text: str)
         "If you need my order number, it is #W1001; feel free to call me at 555-0100.",
         "What would you like me to do next? I can send a photo of the mug.",
         "Glad that's sorted out, thanks. What happens to the refund?",
+        "Can I ask questions about the refund here?",
     ],
 )
 def test_ordinary_customer_lines_are_not_the_assistants(text: str) -> None:

@@ -158,6 +158,7 @@ ASSISTANT_VOICE = re.compile(
     | \bfeel\s+free\s+to\s+(?:ask|let\s+me\s+know|reach\s+out|contact\s+us)\b
     | \bwhat\s+(?:\w+\s+){0,2}would\s+you\s+like\s+(?:assistance|help)\b
     | \bwhat\s+can\s+I\s+do\s+for\s+you\b
+    | \byou\s+can\s+ask\s+(?:me\s+)?(?:questions|anything)\b
     | \b(?:let\s+me\s+know|feel\s+free\s+to\s+ask)\s+if\s+you\s+(?:have|need)\s+any\s+(?:more\s+|other\s+|further\s+)?
       (?:questions|help|assistance)\b
     | \bif\s+you\s+need\s+(?:any\s+)?(?:further\s+|more\s+|additional\s+|specific\s+)?(?:assistance|help)\b
