@@ -58,8 +58,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
@@ -395,8 +397,11 @@ def at(view: View, index: int) -> Where:
     return {"view": view, "index": index}
 
 
+@lru_cache(maxsize=4096)
 def words(text: str) -> tuple[str, ...]:
-    """Lower-case words, numbers and ids ("#W1001" -> "w1001", "$36.99" -> "36.99"): what n-grams compare."""
+    """Lower-case words, numbers and ids ("#W1001" -> "w1001", "$36.99" -> "36.99"): what n-grams compare.
+
+    Cached: the checks read the same replies several times (echoes both ways, repeats)."""
     return tuple(WORD.findall(text.lower()))
 
 
@@ -708,15 +713,20 @@ def tandem_repeat(tokens: Sequence[str]) -> tuple[int, int, int] | None:
     """The first unit of 1..LOOP_MAX_UNIT words repeated LOOP_MIN_COPIES+ times back to back over
     LOOP_MIN_WORDS+ words, as (start, unit length, copies), or None. O(len * LOOP_MAX_UNIT)."""
     n = len(tokens)
+    if n < LOOP_MIN_WORDS or max(Counter(tokens).values()) < LOOP_MIN_COPIES:
+        return None  # every loop says some word LOOP_MIN_COPIES times
     for unit in range(1, min(LOOP_MAX_UNIT, n // LOOP_MIN_COPIES) + 1):
-        run = 0  # positions i with tokens[i] == tokens[i + unit], back to back
-        for i in range(n - unit + 1):
-            if i < n - unit and tokens[i] == tokens[i + unit]:
+        need = max(LOOP_MIN_COPIES * unit, LOOP_MIN_WORDS) - unit  # positions i with tokens[i] == tokens[i + unit]
+        run = 0
+        for i, (a, b) in enumerate(zip(tokens, tokens[unit:], strict=False)):
+            if a == b:
                 run += 1
                 continue
-            if run + unit >= max(LOOP_MIN_COPIES * unit, LOOP_MIN_WORDS):
+            if run >= need:
                 return i - run, unit, (run + unit) // unit
             run = 0
+        if run >= need:
+            return n - unit - run, unit, (run + unit) // unit
     return None
 
 
