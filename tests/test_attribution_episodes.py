@@ -11,17 +11,13 @@ from typing import Any
 
 import pytest
 
+from sparring import Engine, EpisodeSettings
 from sparring.core.attribution import AttributionRules, at, attribute, reason
 from sparring.envs.base import Environment
 from sparring.envs.calendar import Calendar
 from sparring.envs.support_desk import SupportDesk
 from sparring.envs.support_desk.env import GREETING, STOP_TOKEN, resolve_task
 from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.context import EpisodeConfig
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
-from sparring.rollouts.runner import run_episode
-from sparring.rollouts.tasks import parse_task
 from sparring.testing import Call, FakeModelServer, Say, Script
 from sparring.testing.responders import calendar_players, support_desk_players, tictactoe_players
 
@@ -31,26 +27,26 @@ Play = Callable[..., Any]
 @pytest.fixture
 async def play() -> AsyncIterator[Play]:
     """`await play(env, responders, task)`: one episode of `env` as `sparring run` plays it, on a scripted server."""
-    opened: list[tuple[FakeModelServer, EpisodeDeps]] = []
+    opened: list[tuple[FakeModelServer, Engine]] = []
 
     async def one(env: Environment, responders: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
         server = FakeModelServer(responders)
         await server.__aenter__()
-        deps = EpisodeDeps(env)
-        opened.append((server, deps))
-        config = EpisodeConfig(
+        settings = EpisodeSettings(
             **env.settings,
             policy_base_urls=[server.base_url],
             user_base_urls=[server.base_url],
             request_timeout_s=5.0,
         )
-        return await run_episode(build_graph(env, deps), parse_task(task), config, env=env.name)
+        engine = Engine(settings, env=env.name, environments={env.name: env})
+        opened.append((server, engine))
+        return await engine.play(task)
 
     try:
         yield one
     finally:
-        for server, deps in opened:
-            await deps.clients.aclose()
+        for server, engine in opened:
+            await engine.aclose()
             await server.__aexit__(None, None, None)
 
 

@@ -280,7 +280,7 @@ class Episode:
         stop_tokens: Sequence[str] = DEFAULT_STOP_TOKENS,
         rules: AttributionRules | None = None,
     ) -> Episode:
-        """The episode of a rollout record (rollouts/record.py's shape); AttributionInputError says what is wrong."""
+        """The episode of a rollout record (core/record.py's shape); AttributionInputError says what is wrong."""
         rules = rules or AttributionRules()
         if not isinstance(record, Mapping):
             raise AttributionInputError(f"record: expected an object, got {type(record).__name__}")
