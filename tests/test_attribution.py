@@ -160,12 +160,12 @@ def good_customer() -> Chat:
 def test_a_clean_success_is_none_with_no_reasons() -> None:
     chat = good_customer().user(f"Great, thank you so much for your help! {STOP}")
     verdict = attribute(chat.record("completed", "user_stop", 1.0))
-    assert verdict == {"label": "none", "reasons": []}
+    assert verdict == {"label": "none", "reasons": [], "judge": None}
 
 
 def test_a_clean_failure_is_the_agents() -> None:
     chat = good_customer().user(f"Thank you! {STOP}")
-    assert attribute(chat.record("completed", "user_stop", 0.0)) == {"label": "agent", "reasons": []}
+    assert attribute(chat.record("completed", "user_stop", 0.0)) == {"label": "agent", "reasons": [], "judge": None}
 
 
 def test_aborted_is_env_whatever_else_went_wrong() -> None:
@@ -571,7 +571,7 @@ def test_accepting_a_refusal_asking_or_giving_up_is_no_false_claim(policy_said: 
 
 def test_thanking_politely_after_a_real_success() -> None:
     chat = good_customer().user(f"Perfect, thank you! That's all I needed, my order has been cancelled. {STOP}")
-    assert attribute(chat.record("completed", "user_stop", 1.0)) == {"label": "none", "reasons": []}
+    assert attribute(chat.record("completed", "user_stop", 1.0)) == {"label": "none", "reasons": [], "judge": None}
 
 
 # --- tool failures apart from the caller's bad arguments ------------------------------------------------
@@ -678,6 +678,7 @@ def test_an_environments_check_joins_the_verdict() -> None:
     assert verdict == {
         "label": "user",
         "reasons": [reason("env_moved_for_user", "user", "the environment played O's moves [4, 0]")],
+        "judge": None,
     }
 
 
@@ -745,7 +746,7 @@ def test_a_record_without_a_simulated_user_gets_no_user_checks() -> None:
         ],
         "user_messages": [],
     }
-    assert attribute(record) == {"label": "agent", "reasons": []}
+    assert attribute(record) == {"label": "agent", "reasons": [], "judge": None}
 
 
 def test_content_parts_are_read_as_text() -> None:

@@ -68,6 +68,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 Label = Literal["none", "agent", "user", "tool", "env"]
+LABELS: tuple[Label, ...] = ("none", "agent", "user", "tool", "env")
 Actor = Literal["agent", "user", "tool", "env"]
 Severity = Literal["fault", "note"]
 View = Literal["messages", "user_messages"]
@@ -92,11 +93,26 @@ class Reason(TypedDict):
     where: Where | None
 
 
+Blame = Literal["user", "agent", "tool", "unclear"]
+
+
+class JudgeVerdict(TypedDict):
+    """What the optional LLM judge said (core/judge.py): its model, whom it blamed, or why it could not say."""
+
+    model: str
+    blame: Blame | None
+    """None when the judge failed (`error` says how); its reason is then a `judge_error` note."""
+    error: str | None
+
+
 class Attribution(TypedDict):
-    """An episode's verdict: who made it fail (`none` when it did not), and every reason found."""
+    """An episode's verdict, the record's `attribution` field: who made it fail (`none` when it did not),
+    every reason found (the judge's among them, check `judge`), and the judge's own answer when it was
+    asked (None when no judge is configured or the rules had already decided)."""
 
     label: Label
     reasons: list[Reason]
+    judge: JudgeVerdict | None
 
 
 FULL_REWARD = 1.0
@@ -352,10 +368,20 @@ def attribute(
     `stop_tokens` are the episode's `user_stop_tokens` (the record does not keep its limits).
     """
     episode = Episode.from_record(record, stop_tokens=stop_tokens, rules=rules)
+    return verdict(episode, find_reasons(episode, rules))
+
+
+def find_reasons(episode: Episode, rules: AttributionRules | None = None) -> list[Reason]:
+    """Every reason the built-in checks and the environment's own find, uncapped and in check order."""
     reasons = [reason for check in BUILTIN_CHECKS for reason in check(episode)]
     for check in (rules or AttributionRules()).checks:
         reasons.extend(_run_extra(check, episode))
-    return {"label": decide(episode, reasons), "reasons": capped(reasons)}
+    return reasons
+
+
+def verdict(episode: Episode, reasons: Sequence[Reason], judge: JudgeVerdict | None = None) -> Attribution:
+    """The label the reasons decide, the reasons capped, and the judge's answer if it was asked."""
+    return {"label": decide(episode, reasons), "reasons": capped(reasons), "judge": judge}
 
 
 def capped(reasons: Sequence[Reason]) -> list[Reason]:
@@ -763,7 +789,8 @@ def affirmed(pattern: re.Pattern[str], text: str) -> str | None:
 def tool_error_kind(message: Mapping[str, Any]) -> Literal["internal", "invalid_arguments", "refused"] | None:
     """How a tool message failed, or None if it did not.
 
-    An explicit `fault` field ("tool" or "caller") wins, when the record carries one. Otherwise a message
+    The record's own `status` and `fault` fields win (sparring writes both: `status` on every tool message,
+    `fault` "tool" or "caller" on errors). Records without them (a gateway's, an older file's): a message
     failed when it says so (`status: error`, an "Error..." text, a traceback, a JSON `error` or `isError`),
     and its content says how: an internal failure (INTERNAL_ERROR), sparring's refusal of the arguments
     ("Error: name: arguments ..."), or else the environment refusing the caller (an illegal move, an
@@ -772,6 +799,8 @@ def tool_error_kind(message: Mapping[str, Any]) -> Literal["internal", "invalid_
     content = text_of(message)
     fault = message.get("fault")
     stripped = content.lstrip()
+    if message.get("status") == "success":
+        return None  # the record says so (nodes/tools.py); a result's words ("Error" in a title) do not fail it
     failed = (
         message.get("status") == "error"
         or fault in ("tool", "caller")

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sparring.core.attribution import AttributionRules
 from sparring.core.errors import SeedError
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.support_desk.world import (
@@ -155,6 +156,25 @@ class SupportDesk(Environment):
     def user_persona(self, task: dict[str, Any]) -> str:
         """The task's own persona, else the customer built from the desk task."""
         return task.get("user_persona") or customer_persona(resolve_task(task), load_world())
+
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        """The customer may say its goal and its identifiers word for word: they are its to tell."""
+        desk_task = resolve_task(task)
+        return AttributionRules(may_say=(desk_task.instructions, *desk_task.known.values()))
+
+    def judge_prompt(self, task: dict[str, Any]) -> str:
+        """What a fair customer of this task does, and what the agent owes it."""
+        desk_task = resolve_task(task)
+        return (
+            "The simulated user is a customer writing to an online shop's support chat; the assistant is the "
+            f"shop's support agent, bound by the shop's policy. The customer's goal: {desk_task.instructions} "
+            "The customer is at fault when it never states that goal, changes or abandons it, invents order "
+            "ids or details it was not given, refuses a change that matches its goal, answers as the agent "
+            "would (offering help, asking for the customer's details), or ends the chat before the agent said "
+            "the goal was done or cannot be done. The agent is at fault when it does not identify the "
+            "customer, makes the wrong change or none, changes without the customer's yes, or does not tell "
+            "the customer what it must (amounts, statuses)."
+        )
 
     async def seed(self, task: dict[str, Any]) -> dict[str, Any]:
         """The shipped world, and the expected outcome from playing the task's expected actions on it."""
