@@ -1,7 +1,9 @@
 """Attribution on records the graph really writes: scripted episodes over loopback HTTP.
 
 The checks read the record's shape (the user's flipped opening, the policy's replies joined into what
-the user is shown, stop tokens kept in the user's view only); these episodes hold them to it.
+the user is shown, stop tokens kept in the user's view only); these episodes hold them to it. The
+verdicts are the records' own `attribution` (the verify node's, with each environment's rules), and
+re-attributing a record from its fields alone gives the same rule reasons.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from typing import Any
 import pytest
 
 from sparring import Engine, EpisodeSettings
-from sparring.core.attribution import AttributionRules, at, attribute, reason
+from sparring.core.attribution import at, reason
 from sparring.envs.base import Environment
 from sparring.envs.calendar import Calendar
 from sparring.envs.support_desk import SupportDesk
-from sparring.envs.support_desk.env import GREETING, STOP_TOKEN, resolve_task
+from sparring.envs.support_desk.env import GREETING, STOP_TOKEN
 from sparring.envs.tictactoe import TicTacToe
 from sparring.testing import Call, FakeModelServer, Say, Script
 from sparring.testing.responders import calendar_players, support_desk_players, tictactoe_players
@@ -50,22 +52,17 @@ async def play() -> AsyncIterator[Play]:
             await server.__aexit__(None, None, None)
 
 
-def desk_rules(task_id: str) -> AttributionRules:
-    """What support-desk's hook will say: the customer may say its goal word for word (the scripted one does)."""
-    return AttributionRules(may_say=[resolve_task({"env_seed": {"task_id": task_id}}).instructions])
-
-
 async def test_a_by_the_book_desk_episode_is_clean(play: Play) -> None:
     record = await play(SupportDesk(), support_desk_players("sd-01"), {"env_seed": {"task_id": "sd-01"}})
     assert record["reward"] == 1.0
-    assert attribute(record, rules=desk_rules("sd-01")) == {"label": "none", "reasons": []}
+    assert record["attribution"] == {"label": "none", "reasons": [], "judge": None}
 
 
 async def test_an_agent_that_keeps_the_refund_to_itself_is_blamed(play: Play) -> None:
     task = {"env_seed": {"task_id": "sd-06"}}
     record = await play(SupportDesk(), support_desk_players("sd-06", tell_facts=False), task)
     assert record["reward"] == 0.0
-    assert attribute(record, rules=desk_rules("sd-06")) == {"label": "agent", "reasons": []}
+    assert record["attribution"] == {"label": "agent", "reasons": [], "judge": None}
 
 
 async def test_a_customer_who_plays_the_agent(play: Play) -> None:
@@ -73,7 +70,7 @@ async def test_a_customer_who_plays_the_agent(play: Play) -> None:
     user = Script([Say(GREETING), Say("Let me know if you have any more questions or if you need further assistance.")])
     policy = Script([Say("Hello! What can I do for you?"), Say("I'm here for your order questions.")])
     record = await play(SupportDesk(), {"policy": policy, "user": user}, {"limits": {"max_turns": 2}})
-    verdict = attribute(record)
+    verdict = record["attribution"]
     assert verdict["label"] == "user"
     found = [(r["check"], r["where"]) for r in verdict["reasons"]]
     assert found == [
@@ -88,7 +85,7 @@ async def test_a_customer_who_plays_the_agent(play: Play) -> None:
 async def test_a_customer_who_writes_only_the_stop_token(play: Play) -> None:
     record = await play(SupportDesk(), {"policy": Script([]), "user": Script([Say(STOP_TOKEN)])}, {})
     assert (record["status"], record["stop_reason"]) == ("truncated", "user_empty")
-    verdict = attribute(record)
+    verdict = record["attribution"]
     assert verdict["label"] == "user"
     assert [r["check"] for r in verdict["reasons"]] == ["no_request", "user_silent"]
 
@@ -100,7 +97,7 @@ async def test_a_customer_who_stops_on_a_success_nobody_announced(play: Play) ->
     policy = Script([Say("Could you give me your email?")])
     record = await play(SupportDesk(), {"policy": policy, "user": user}, {})
     assert (record["stop_reason"], record["reward"]) == ("user_stop", 0.0)
-    verdict = attribute(record)
+    verdict = record["attribution"]
     assert verdict["label"] == "user"
     assert [(r["check"], r["actor"], r["where"]) for r in verdict["reasons"]] == [
         ("false_success_claim", "user", at("user_messages", 4))
@@ -120,7 +117,7 @@ async def test_the_agents_bad_calls_are_a_note_and_the_failure_its_own(play: Pla
     )
     user = Script([Say("Cancel #W1001 please, my email is mia.garcia@example.com."), Say(f"Bye {STOP_TOKEN}")])
     record = await play(SupportDesk(), {"policy": policy, "user": user}, {})
-    verdict = attribute(record)
+    verdict = record["attribution"]
     assert verdict["label"] == "agent"
     first_error = next(i for i, m in enumerate(record["messages"]) if m["role"] == "tool")
     assert verdict["reasons"] == [
@@ -137,7 +134,7 @@ async def test_the_agents_bad_calls_are_a_note_and_the_failure_its_own(play: Pla
 async def test_scripted_tictactoe_players_are_clean(play: Play) -> None:
     record = await play(TicTacToe(), tictactoe_players(), {})
     assert record["status"] == "completed"
-    verdict = attribute(record)
+    verdict = record["attribution"]
     assert verdict["reasons"] == []
     assert verdict["label"] == ("none" if record["reward"] == 1.0 else "agent")
 
@@ -145,4 +142,4 @@ async def test_scripted_tictactoe_players_are_clean(play: Play) -> None:
 async def test_a_calendar_user_copying_its_shown_requests_is_clean(play: Play) -> None:
     record = await play(Calendar(), calendar_players(), {})
     assert record["reward"] == 1.0
-    assert attribute(record) == {"label": "none", "reasons": []}
+    assert record["attribution"] == {"label": "none", "reasons": [], "judge": None}
