@@ -11,7 +11,8 @@ from sparring.core.errors import UsageError
 DESCRIPTION = """Turn rollout records into training rows: one row per policy segment of each scored episode, with
 its exact token_ids, loss_mask and logprobs, the reward, the group and the group advantage
 (reward minus the group mean; --normalize std divides by the group's std). Parquet or JSONL by
-the output's extension. Aborted episodes are left out and counted."""
+the output's extension. Aborted episodes are left out and counted, and so are, with
+--drop-attributed, the episodes the policy did not make fail (the record's attribution label)."""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,7 +29,27 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--normalize", choices=["none", "std"], default="none", help="divide advantages by the group's std"
     )
     parser.add_argument("--drop-equal-groups", action="store_true", help="leave out groups whose rewards are all equal")
+    parser.add_argument(
+        "--drop-attributed",
+        metavar="LABELS",
+        type=_labels,
+        default=(),
+        help="leave out episodes whose attribution label is one of these, comma-separated (e.g. user,tool,env: "
+        "the failures the policy did not cause), from the rows and the group statistics; counted",
+    )
     parser.set_defaults(func=cmd_export)
+
+
+def _labels(value: str) -> tuple[str, ...]:
+    from sparring.core.attribution import LABELS
+
+    labels = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [label for label in labels if label not in LABELS]
+    if unknown or not labels:
+        raise argparse.ArgumentTypeError(
+            f"unknown label(s) {', '.join(unknown) or '(none given)'}; the labels: {', '.join(LABELS)}"
+        )
+    return labels
 
 
 def input_of(args: argparse.Namespace, flag: str = "--input") -> str:
@@ -49,7 +70,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from sparring.engine.export import export
 
-    stats = export(input_of(args), args.output, normalize=args.normalize, drop_equal_groups=args.drop_equal_groups)
+    stats = export(
+        input_of(args),
+        args.output,
+        normalize=args.normalize,
+        drop_equal_groups=args.drop_equal_groups,
+        drop_attributed=args.drop_attributed,
+    )
     summary = {**stats.__dict__, "groups_by_size": {str(k): v for k, v in sorted(stats.groups_by_size.items())}}
     print(orjson.dumps({"output": str(args.output), **summary}).decode())
     return 0

@@ -12,6 +12,10 @@ whose rewards are all equal (one-record groups included) has advantage 0 everywh
 nothing: `--drop-equal-groups` leaves it out; it is counted either way. An episode without any
 policy token (e.g. the user spoke and stopped) has no segment and so no row; it is counted too.
 
+`drop_attributed` (labels of the record's `attribution`, e.g. user, tool, env) leaves out the episodes
+the policy did not make fail: they are no outcome of the policy's, so they leave the group statistics
+too, and are counted per label. A record without an attribution cannot be told apart: an error.
+
 Two passes over the input, so memory holds rewards per group and one batch of rows, never the records.
 """
 
@@ -19,13 +23,14 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sparring.core.attribution import LABELS
 from sparring.core.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ class ExportStats:
     equal_reward_groups: int = 0
     equal_reward_groups_dropped: int = 0
     groups_by_size: dict[int, int] = field(default_factory=dict)
+    attributed_left_out: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,19 @@ def group_id(record: dict[str, Any]) -> str:
 def is_scored(record: dict[str, Any]) -> bool:
     """Whether the record has a reward to learn from (aborted episodes never do)."""
     return record.get("status") != "aborted" and record.get("reward") is not None
+
+
+def attribution_label(record: dict[str, Any], source: str | Path) -> str:
+    """The record's attribution label; a record without a valid one is an InputError naming it."""
+    attribution = record.get("attribution")
+    label = attribution.get("label") if isinstance(attribution, dict) else None
+    if label not in LABELS:
+        raise InputError(
+            f"{source}: record {record.get('id')!r}: field attribution.label: expected one of "
+            f"{', '.join(LABELS)}, got {label!r} (records written before attribution have none: "
+            "export them without --drop-attributed)"
+        )
+    return str(label)
 
 
 def group_statistics(rewards: dict[str, list[float]]) -> dict[str, Group]:
@@ -136,16 +155,25 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def export(
-    source: str | Path, output: str | Path, *, normalize: str = "none", drop_equal_groups: bool = False
+    source: str | Path,
+    output: str | Path,
+    *,
+    normalize: str = "none",
+    drop_equal_groups: bool = False,
+    drop_attributed: Collection[str] = (),
 ) -> ExportStats:
     """Write the training rows of `source` to `output` (.parquet, or .jsonl); returns the counts."""
     if normalize not in ("none", "std"):
         raise UsageError(f"normalize must be 'none' or 'std', got {normalize!r}")
+    unknown = sorted(set(drop_attributed) - set(LABELS))
+    if unknown:
+        raise UsageError(f"drop_attributed: unknown label(s) {', '.join(unknown)}; the labels: {', '.join(LABELS)}")
+    dropped = frozenset(drop_attributed)
     writer = _RowWriter(Path(output))  # checks the extension before any work
     stats = ExportStats()
     rewards: dict[str, list[float]] = {}
     for record in read_records(source):
-        if is_scored(record):
+        if is_scored(record) and not (dropped and attribution_label(record, source) in dropped):
             rewards.setdefault(group_id(record), []).append(float(record["reward"]))
     groups = group_statistics(rewards)
     stats.groups = len(groups)
@@ -162,6 +190,9 @@ def export(
                 continue
             if not is_scored(record):
                 stats.unscored_left_out += 1
+                continue
+            if dropped and (label := attribution_label(record, source)) in dropped:
+                stats.attributed_left_out[label] = stats.attributed_left_out.get(label, 0) + 1
                 continue
             gid = group_id(record)
             group = groups[gid]
