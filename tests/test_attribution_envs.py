@@ -15,6 +15,7 @@ from sparring.envs.calendar.env import REQUESTS_PERSONA
 from sparring.envs.support_desk import SupportDesk
 from sparring.envs.support_desk.env import resolve_task
 from sparring.envs.tictactoe import TicTacToe
+from sparring.tools.specs import ToolResult
 
 CALENDAR = Calendar()
 REQUEST_1 = "Please add event 1, Team sync, for 60 minutes, at 10am."
@@ -172,7 +173,7 @@ def test_a_support_desk_customer_may_say_its_goal_and_identifiers_but_not_the_re
     task = {"env_seed": {"task_id": "sd-01"}}
     desk, desk_task = SupportDesk(), resolve_task(task)
     rules = desk.attribution_rules(task, None)
-    assert rules.may_say == (desk_task.instructions, *desk_task.known.values())
+    assert rules.may_say == (desk_task.instructions, desk_task.request, *desk_task.known.values())
     persona = desk.user_persona(task)
     hidden = next(line for line in persona.splitlines() if desk_task.instructions not in line and len(line) > 80)
     record = {
@@ -206,3 +207,11 @@ def test_every_environment_has_a_judge_prompt_and_the_base_class_has_defaults() 
     assert resolve_task({"env_seed": {"task_id": "sd-02"}}).instructions in desk_prompt
     assert "never a fault" in TicTacToe().judge_prompt({})
     assert "event number, duration or time" in CALENDAR.judge_prompt({})
+
+
+def test_a_tool_results_fault_belongs_to_an_error_and_is_caller_or_tool() -> None:
+    assert ToolResult("boom", None, is_error=True, fault="tool").fault == "tool"
+    with pytest.raises(ValueError, match="needs is_error=True"):
+        ToolResult("ok", None, fault="tool")
+    with pytest.raises(ValueError, match="must be 'caller', 'tool' or None, got 'server'"):
+        ToolResult("boom", None, is_error=True, fault="server")  # type: ignore[arg-type]

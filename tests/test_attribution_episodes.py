@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 
 from sparring import Engine, EpisodeSettings
-from sparring.core.attribution import at, reason
+from sparring.core.attribution import AttributionRules, at, attribute, reason
+from sparring.core.task import parse_task
 from sparring.envs.base import Environment
 from sparring.envs.calendar import Calendar
 from sparring.envs.support_desk import SupportDesk
 from sparring.envs.support_desk.env import GREETING, STOP_TOKEN
 from sparring.envs.tictactoe import TicTacToe
-from sparring.testing import Call, FakeModelServer, Say, Script
+from sparring.testing import Call, Fail, FakeModelServer, Say, Script
 from sparring.testing.responders import calendar_players, support_desk_players, tictactoe_players
+from sparring.tools.specs import ToolResult
 
 Play = Callable[..., Any]
 
@@ -143,3 +145,106 @@ async def test_a_calendar_user_copying_its_shown_requests_is_clean(play: Play) -
     record = await play(Calendar(), calendar_players(), {})
     assert record["reward"] == 1.0
     assert record["attribution"] == {"label": "none", "reasons": [], "judge": None}
+
+
+async def test_re_attributing_a_record_from_its_fields_gives_its_own_attribution(play: Play) -> None:
+    cases = [
+        (SupportDesk(), support_desk_players("sd-01"), {"env_seed": {"task_id": "sd-01"}}),
+        (SupportDesk(), {"policy": Script([Say("Hi")]), "user": Script([Say(GREETING), Say(GREETING)])}, {}),
+        (TicTacToe(), tictactoe_players(), {}),
+        (Calendar(), calendar_players(shift=360), {}),
+    ]
+    for env, responders, task in cases:
+        record = await play(env, responders, task)
+        rules = env.attribution_rules(parse_task(task), None)
+        assert attribute(record, stop_tokens=[STOP_TOKEN], rules=rules) == record["attribution"], env.name
+
+
+class FlakyDesk(SupportDesk):
+    """A desk whose order lookup fails on its own (an internal error it reports as a result)."""
+
+    async def call_tool(self, state: dict[str, Any], actor: Any, name: str, arguments: dict[str, Any]) -> ToolResult:
+        if name == "get_order_details":
+            return ToolResult(content='{"error": "order service down"}', state=state, is_error=True, fault="tool")
+        return await super().call_tool(state, actor, name, arguments)
+
+
+async def test_a_tool_that_fails_on_its_own_is_blamed_not_the_policy(play: Play) -> None:
+    policy = Script(
+        [
+            Call("find_user_id_by_email", {"email": "mia@example.com"}),  # refused: the caller's fault
+            Call("get_order_details", {"order_id": "#W1001"}),
+            Say("Sorry, I cannot see your order right now."),
+        ]
+    )
+    user = Script([Say("Please cancel my order #W1001."), Say(f"Okay, bye. {STOP_TOKEN}")])
+    record = await play(FlakyDesk(), {"policy": policy, "user": user}, {})
+    tools = [m for m in record["messages"] if m["role"] == "tool"]
+    assert [(m["status"], m.get("fault")) for m in tools] == [("error", "caller"), ("error", "tool")]
+    attribution = record["attribution"]
+    assert attribution["label"] == "tool"
+    assert [(r["check"], r["actor"], r["severity"]) for r in attribution["reasons"]] == [
+        ("tool_failure", "tool", "fault"),
+        ("policy_tool_errors", "agent", "note"),
+    ]
+
+
+class BrokenCheckDesk(SupportDesk):
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        def broken(episode: Any) -> list[Any]:
+            raise KeyError("moves")
+
+        return AttributionRules(checks=(broken,))
+
+
+async def test_a_broken_environment_check_labels_env_and_keeps_the_episode(play: Play) -> None:
+    record = await play(BrokenCheckDesk(), support_desk_players("sd-01"), {"env_seed": {"task_id": "sd-01"}})
+    assert (record["status"], record["reward"], record["error"]) == ("completed", 1.0, None)
+    (found,) = record["attribution"]["reasons"]
+    assert record["attribution"]["label"] == "env"
+    assert (found["check"], found["actor"]) == ("attribution_error", "env")
+    assert "raised KeyError" in found["detail"] and "broken" in found["detail"]
+
+
+async def test_episodes_that_never_ran_or_were_aborted_are_the_environments(play: Play) -> None:
+    engine = Engine(
+        EpisodeSettings(policy_base_urls=["http://127.0.0.1:9/v1"], user_base_urls=["http://127.0.0.1:9/v1"])
+    )
+    record = await engine.play({"env": "no-such-env"})
+    await engine.aclose()
+    assert (record["status"], record["stop_reason"]) == ("aborted", "invalid_task")
+    assert record["attribution"]["label"] == "env"
+    assert record["attribution"]["reasons"][0]["detail"].startswith("aborted (invalid_task): UsageError: ")
+
+    record = await play(TicTacToe(), {"policy": Fail(400), "user": tictactoe_players()["user"]}, {})
+    assert (record["status"], record["attribution"]["label"]) == ("aborted", "env")
+
+
+async def test_a_calendar_user_that_misstates_a_request_is_blamed_where_it_did(play: Play) -> None:
+    user = Script(
+        [
+            Say("Please add event 1, Team sync, for 60 minutes, at 10am."),
+            Say("Lunch with Sam, please."),
+            Say("Please add event 3, Gym, for 90 minutes, after 2pm."),
+            Say(STOP_TOKEN),
+        ]
+    )
+    record = await play(Calendar(), {"policy": calendar_players()["policy"], "user": user}, {})
+    assert record["reward"] < 1.0
+    (found,) = [r for r in record["attribution"]["reasons"] if r["severity"] == "fault"]
+    assert record["attribution"]["label"] == "user" and found["check"] == "request_misstated"
+    assert record["user_messages"][found["where"]["index"]]["content"] == "Lunch with Sam, please."
+
+
+async def test_o_repeating_a_taken_cell_is_noted_and_the_game_stays_the_policys(play: Play) -> None:
+    o_player = tictactoe_players()["user"]
+
+    def o_tries_the_centre_twice(request: Any) -> Any:
+        return Call("make_move", {"position": 4}) if request.call_index < 2 else o_player(request)
+
+    record = await play(TicTacToe(), {"policy": tictactoe_players()["policy"], "user": o_tries_the_centre_twice}, {})
+    attribution = record["attribution"]
+    assert attribution["label"] == ("none" if record["reward"] == 1.0 else "agent")
+    notes = {r["check"]: r for r in attribution["reasons"]}
+    assert notes["user_taken_cells"]["detail"] == "O tried 2 taken cell(s) [4, 4], 1 of them again after being refused"
+    assert {r["severity"] for r in attribution["reasons"]} == {"note"}
