@@ -244,3 +244,41 @@ def test_an_output_that_cannot_be_written_fails_in_one_line_before_reading(tmp_p
     )
     assert main(["export", str(source), "-o", "/proc/rows.jsonl"]) == 2
     assert "--output /proc/rows.jsonl: cannot write there" in capsys.readouterr().err
+def labelled(record: dict[str, Any], label: str) -> dict[str, Any]:
+    return {**record, "attribution": {"label": label, "reasons": [], "judge": None}}
+
+
+def test_episodes_the_policy_did_not_make_fail_can_be_left_out_and_are_counted(tmp_path: Path, capsys) -> None:
+    records = [
+        labelled(synthetic(0, 0, 1.0), "none"),
+        labelled(synthetic(0, 1, 0.0), "user"),  # left out: the user failed, not the policy
+        labelled(synthetic(0, 2, 0.5), "agent"),
+        labelled(synthetic(0, 3, None, status="aborted"), "env"),  # left out as aborted, counted there
+        labelled(synthetic(1, 0, 0.0), "tool"),
+        labelled(synthetic(1, 1, 0.0), "agent"),
+    ]
+    source = write_records(tmp_path / "records.jsonl", records)
+    stats = export(source, tmp_path / "rows.jsonl", drop_attributed=("user", "tool", "env"))
+    rows = [orjson.loads(line) for line in (tmp_path / "rows.jsonl").read_bytes().splitlines()]
+    assert sorted({(r["task_index"], r["repeat_index"]) for r in rows}) == [(0, 0), (0, 2), (1, 1)]
+    assert stats.attributed_left_out == {"user": 1, "tool": 1} and stats.aborted_left_out == 1
+    advantage = {(r["task_index"], r["repeat_index"]): r["advantage"] for r in rows}
+    assert advantage[(0, 0)] == pytest.approx(0.25), "the user's failure is not in its group's mean (0.75)"
+    assert {r["group_size"] for r in rows if r["task_index"] == 0} == {2}
+    assert advantage[(1, 1)] == 0.0 and stats.equal_reward_groups == 1, "the tool failure left a group of one"
+
+    assert main(["export", str(source), "-o", str(tmp_path / "r.parquet"), "--drop-attributed", "user, tool"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["attributed_left_out"] == {"user": 1, "tool": 1}
+
+
+def test_dropping_by_attribution_names_bad_labels_and_records_without_one(tmp_path: Path, capsys) -> None:
+    source = write_records(tmp_path / "records.jsonl", [labelled(synthetic(0, 0, 1.0), "none"), synthetic(0, 1, 0.0)])
+    with pytest.raises(ValueError, match=r"record 't0-r1': field attribution\.label: expected one of none, agent"):
+        export(source, tmp_path / "rows.jsonl", drop_attributed=("user",))
+    assert not (tmp_path / "rows.jsonl").exists()
+    assert export(source, tmp_path / "rows.jsonl").rows == 4, "without the flag, old records export as before"
+    with pytest.raises(ValueError, match="unknown label"):
+        export(source, tmp_path / "rows.jsonl", drop_attributed=("users",))
+    with pytest.raises(SystemExit):
+        main(["export", str(source), "-o", str(tmp_path / "r.jsonl"), "--drop-attributed", "user,policy"])
+    assert "unknown label(s) policy; the labels: none, agent, user, tool, env" in capsys.readouterr().err

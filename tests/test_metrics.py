@@ -79,10 +79,34 @@ def test_pass_at_matches_the_combinatorial_definition() -> None:
     assert pass_at(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))
 
 
+def attributed(env: str, label: str, *faults: str) -> dict[str, Any]:
+    reasons = [{"check": check, "actor": "user", "severity": "fault", "detail": "", "where": None} for check in faults]
+    note = {"check": "policy_tool_errors", "actor": "agent", "severity": "note", "detail": "", "where": None}
+    return {**record(0, 0.0), "env": env, "attribution": {"label": label, "reasons": [*reasons, note], "judge": None}}
+
+
+def test_attributions_are_counted_per_environment_with_the_checks_that_decided() -> None:
+    records = [
+        attributed("support-desk", "user", "echoed_policy", "echoed_policy", "spoke_as_assistant"),
+        attributed("support-desk", "user", "echoed_policy"),
+        attributed("support-desk", "agent"),
+        attributed("tictactoe", "none"),
+        {**record(0, None, status="aborted"), "env": "tictactoe"},  # written before records had an attribution
+    ]
+    assert compute_metrics(records)["attribution"] == {
+        "support-desk": {
+            "labels": {"agent": 1, "user": 2},
+            "fault_checks": {"echoed_policy": 2, "spoke_as_assistant": 1},
+        },
+        "tictactoe": {"labels": {"none": 1, "unattributed": 1}, "fault_checks": {}},
+    }
+
+
 def test_no_records_gives_empty_figures_not_errors() -> None:
     m = compute_metrics([])
     assert m["episodes"] == 0 and m["reward"]["mean"] is None and m["groups"]["mean_at_k"] is None
     assert m["episodes_per_s"] is None
+    assert m["attribution"] == {}
 
 
 def test_latency_percentiles_are_within_the_bucket_width_and_merge() -> None:

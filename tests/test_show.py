@@ -174,3 +174,72 @@ async def test_cli_writes_the_page(record_file: Path, tmp_path: Path, capsys) ->
     html = out.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not load anything from the network"
+
+
+CRAFTED_ATTRIBUTION = {
+    "label": "user",
+    "reasons": [
+        {
+            "check": "spoke_as_assistant",
+            "actor": "user",
+            "severity": "fault",
+            "detail": "the user spoke as the assistant: '<how can I help you>'",
+            "where": {"view": "user_messages", "index": 2},
+        },
+        {
+            "check": "judge",
+            "actor": "agent",
+            "severity": "note",
+            "detail": "qwen: agent: it gave up",
+            "where": {"view": "messages", "index": 1},
+        },
+    ],
+    "judge": {"model": "qwen", "blame": "agent", "error": None},
+}
+
+
+async def test_the_transcript_says_who_made_the_episode_fail_and_why(record_file: Path, tmp_path: Path, capsys) -> None:
+    assert main(["show", str(record_file), "--index", "-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "attribution: env"
+    assert lines[2].startswith("  - aborted (env, fault): aborted (model_error): ")
+
+    record = {**load_record(record_file, 1), "attribution": CRAFTED_ATTRIBUTION}
+    crafted = write_jsonl(tmp_path / "crafted.jsonl", [record, {k: v for k, v in record.items() if k != "attribution"}])
+    assert main(["show", str(crafted)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:4] == [
+        "attribution: user  (judge qwen: agent)",
+        "  - spoke_as_assistant (user, fault) at user_messages[2]: the user spoke as the assistant: "
+        "'<how can I help you>'",
+        "  - judge (agent, note) at messages[1]: qwen: agent: it gave up",
+    ]
+    assert main(["show", str(crafted), "--index", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "attribution: none recorded (a record written before records had one)"
+    )
+
+
+async def test_the_page_shows_the_verdict_and_links_each_reason_to_its_message(record_file: Path) -> None:
+    record = {**load_record(record_file, 1), "attribution": CRAFTED_ATTRIBUTION}
+    html = rollout_page(record)
+    assert '<span class="chip label-user">attribution user</span>' in html
+    section = html[html.index('<section id="attribution"') :]
+    section = section[: section.index("</section>")]
+    assert "Label <b>user</b>" in section and "judge qwen: agent" in section
+    assert '<a href="#user_messages-2">user_messages[2]</a>' in section
+    assert '<a href="#messages-1">messages[1]</a>' in section
+    assert "&lt;how can I help you&gt;" in section and "<how can" not in section
+    for anchor in ('id="user_messages-2"', 'id="messages-1"'):
+        assert html.count(anchor) == 1, "every reason points at exactly one message box"
+    page = Page(rollout_page(load_record(record_file, 2)))
+    assert "aborted (model_error)" in "".join(page.text)
+
+
+async def test_the_page_marks_failed_tool_calls_with_whose_fault_they_were(record_file: Path) -> None:
+    record = load_record(record_file, 1)
+    (failed,) = [m for m in record["messages"] if m["role"] == "tool" and m["status"] == "error"]
+    assert failed["fault"] == "caller", "a malformed call is the caller's"
+    failed_calls = [m for m in record["messages"] + record["user_messages"] if m.get("status") == "error"]
+    html = rollout_page(record)
+    assert html.count("status-error") == 1 + len(failed_calls), "the CSS rule, and each failed call's box"
+    assert html.count("result of make_move (error, the caller&#x27;s fault)") == len(failed_calls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -283,6 +284,25 @@ def test_the_customer_persona_carries_the_goal_identity_and_stop_token_but_not_t
     assert "Lucas Silva" in persona and "lucas.silva@example.com" in persona and "###STOP###" in persona
     assert "exchange them for the blue ones" in persona and "i-6003" not in persona
     assert ENV.user_persona({"user_persona": "custom"}) == "custom"
+
+
+def test_the_customer_is_told_its_role_first_and_last_and_gets_a_first_person_line_to_open_with() -> None:
+    desk_task = resolve_task({"env_seed": {"task_id": "sd-12"}})
+    lines = ENV.user_persona({"env_seed": {"task_id": "sd-12"}}).splitlines()
+    assert lines[0].startswith("You are Lucas Silva, a customer") and "not the agent" in lines[0]
+    assert lines[-1].startswith("Remember: you are the customer.")
+    assert f'for example: "{desk_task.request}"' in "\n".join(lines)
+    assert sum(line.count("###STOP###") for line in lines) == 1, "the stop token only in the line that ends"
+    inline = {"id": "x", "user_id": "mia_garcia", "known": {"email": "a@b.c"}, "instructions": "You want a refund."}
+    assert "Your first message says it, in your own words." in ENV.user_persona({"env_seed": {"task": inline}})
+
+
+def test_every_shipped_customer_opens_in_the_first_person_with_its_order() -> None:
+    for desk_task in shipped_tasks():
+        words = set(re.findall(r"[A-Za-z']+", desk_task.request))
+        assert words & {"I", "I'd", "I'm", "my", "My"} and not words & {"you", "You", "your", "Your"}, desk_task.id
+        for order in re.findall(r"#W\d+", desk_task.instructions):
+            assert order in desk_task.request, f"{desk_task.id}: {order} missing from the opening line"
 
 
 # --- the verifier --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from sparring.cli.options import add_episode_options, settings_from_args
@@ -128,6 +129,11 @@ async def collect_command(args: argparse.Namespace) -> int:
         f"{_stats_text(result.metrics['by_status'], result.metrics['reward']['mean'])}; "
         f"output {args.output}, metrics {metrics_path(args.output)}"
     )
+    labels: Counter[str] = Counter()
+    for per_env in result.metrics["attribution"].values():
+        labels.update(per_env["labels"])
+    if labels:
+        summary += "; who made them fail: " + ", ".join(f"{label} {n}" for label, n in sorted(labels.items()))
     if result.failed:
         summary += f", {result.failed} aborted (see {failures_file(spec)}; --retry-failed reruns them)"
     if not args.quiet:

@@ -12,9 +12,10 @@ from sparring.core.errors import UsageError
 DESCRIPTION = """Turn rollout records into training rows: one row per policy segment of each scored episode, with
 its exact token_ids, loss_mask and logprobs, the reward, the group and the group advantage
 (reward minus the group mean; --normalize std divides by the group's std). Parquet or JSONL by
-the output's extension. Aborted episodes are left out and counted. Every record is checked first
-(equal lengths of token_ids/loss_mask/logprobs, a 0/1 mask, finite logprobs where it is 1, the
-fields' types); a bad one stops the export, naming its file, line and field, or with
+the output's extension. Aborted episodes are left out and counted, and so are, with
+--drop-attributed, the episodes the policy did not make fail (the record's attribution label). Every
+record is checked first (equal lengths of token_ids/loss_mask/logprobs, a 0/1 mask, finite logprobs
+where it is 1, the fields' types); a bad one stops the export, naming its file, line and field, or with
 --on-bad-record skip is left out, reported and counted (exit 1). A failed export writes no file."""
 
 
@@ -39,7 +40,27 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="a record that cannot be a training row: stop with its file:line and field (default), "
         "or leave it out, report it on stderr and count it (exit 1)",
     )
+    parser.add_argument(
+        "--drop-attributed",
+        metavar="LABELS",
+        type=_labels,
+        default=(),
+        help="leave out episodes whose attribution label is one of these, comma-separated (e.g. user,tool,env: "
+        "the failures the policy did not cause), from the rows and the group statistics; counted",
+    )
     parser.set_defaults(func=cmd_export)
+
+
+def _labels(value: str) -> tuple[str, ...]:
+    from sparring.core.attribution import LABELS
+
+    labels = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [label for label in labels if label not in LABELS]
+    if unknown or not labels:
+        raise argparse.ArgumentTypeError(
+            f"unknown label(s) {', '.join(unknown) or '(none given)'}; the labels: {', '.join(LABELS)}"
+        )
+    return labels
 
 
 def input_of(args: argparse.Namespace, flag: str = "--input") -> str:
@@ -67,6 +88,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         drop_equal_groups=args.drop_equal_groups,
         on_bad_record=args.on_bad_record,
         on_skip=lambda problem: print(f"sparring export: skipped {problem}", file=sys.stderr, flush=True),
+        drop_attributed=args.drop_attributed,
     )
     summary = {**stats.__dict__, "groups_by_size": {str(k): v for k, v in sorted(stats.groups_by_size.items())}}
     print(orjson.dumps({"output": str(args.output), **summary}).decode())

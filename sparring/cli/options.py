@@ -25,6 +25,14 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         )
         endpoints.add_argument(f"--{role}-model", metavar="NAME", help=f"model name of the {role} server")
         endpoints.add_argument(f"--{role}-api-key", metavar="KEY", help=f"bearer token for the {role} server")
+    judge = parser.add_argument_group(
+        "optional LLM judge of who made a failed episode fail (asked only where the rule checks blame the "
+        "policy; default: $SPARRING_JUDGE_* variables, else none)"
+    )
+    judge.add_argument("--judge-base-url", action="append", metavar="URL", help="OpenAI-compatible base URL")
+    judge.add_argument("--judge-model", metavar="NAME", help="model name of the judge server (default: judge)")
+    judge.add_argument("--judge-api-key", metavar="KEY", help="bearer token for the judge server")
+    judge.add_argument("--judge-max-tokens", type=int, metavar="N", help="most tokens of its answer (default 256)")
     parser.add_argument(
         "--env-url",
         metavar="URL",
@@ -61,6 +69,7 @@ FLAG_OF_SETTING = {
     "user_stop_tokens": "--user-stop-token",
     "policy_base_urls": "--policy-base-url",
     "user_base_urls": "--user-base-url",
+    "judge_base_urls": "--judge-base-url",
 }
 _FLAG_SETTINGS = (
     "max_turns",
@@ -73,13 +82,14 @@ _FLAG_SETTINGS = (
     "token_mode",
     "policy_tokenizer",
     "env_url",
+    "judge_max_tokens",
 )
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The EpisodeSettings fields the episode flags set (only those given)."""
     explicit: dict[str, Any] = {}
-    for role in ("policy", "user"):
+    for role in ("policy", "user", "judge"):
         urls = getattr(args, f"{role}_base_url", None)
         if urls is not None:  # repeatable, and each may be comma-separated like the variables: several replicas
             explicit[f"{role}_base_urls"] = [part.strip() for url in urls for part in url.split(",") if part.strip()]

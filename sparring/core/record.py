@@ -7,15 +7,28 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from sparring.core.attribution import DEFAULT_STOP_TOKENS, attribute
 from sparring.core.ledger import materialize
 from sparring.core.messages import to_wire
 
 _ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
 
 
-def message_record(message: BaseMessage) -> dict[str, Any]:
-    """A message in wire form plus who produced it."""
+def view_record(message: BaseMessage) -> dict[str, Any]:
+    """A message of either view in wire form; a tool message also keeps its `status` ("success" or
+    "error") and, on an error, its `fault` ("caller" or "tool"): who a failed call is to blame on."""
     record = to_wire(message)
+    if message.type == "tool":
+        status = getattr(message, "status", "success")
+        record["status"] = status
+        if status == "error":
+            record["fault"] = message.additional_kwargs.get("fault") or "caller"
+    return record
+
+
+def message_record(message: BaseMessage) -> dict[str, Any]:
+    """A message of the policy's view in wire form (see `view_record`) plus who produced it."""
+    record = view_record(message)
     record["actor"] = message.additional_kwargs.get("actor") or _ACTOR_OF_TYPE[message.type]
     return record
 
@@ -23,9 +36,13 @@ def message_record(message: BaseMessage) -> dict[str, Any]:
 def build_record(
     state: dict[str, Any], *, env: str, episode_id: str, task_index: int | None = None, repeat_index: int = 0
 ) -> dict[str, Any]:
-    """The record design.md specifies, from an episode's final state."""
+    """The record design.md specifies, from an episode's final state.
+
+    `attribution` is the verify node's verdict; a state that never reached verify (an episode aborted
+    outside the graph: a crash, a lost worker, a shutdown) gets the rule checks' verdict here.
+    """
     ledger = materialize(state.get("ledger") or ())
-    return {
+    record = {
         "id": episode_id,
         "task_index": task_index,
         "repeat_index": repeat_index,
@@ -40,7 +57,7 @@ def build_record(
         "num_policy_calls": state.get("num_policy_calls", 0),
         "num_user_calls": state.get("num_user_calls", 0),
         "messages": [message_record(m) for m in state.get("messages") or ()],
-        "user_messages": [to_wire(m) for m in state.get("user_messages") or ()],
+        "user_messages": [view_record(m) for m in state.get("user_messages") or ()],
         "trajectory": {
             "segments": ledger["segments"],
             "prefix_mismatches": ledger["prefix_mismatches"],
@@ -57,6 +74,9 @@ def build_record(
         },
         "error": state.get("error"),
     }
+    stop_tokens = (state.get("limits") or {}).get("user_stop_tokens", DEFAULT_STOP_TOKENS)
+    record["attribution"] = state.get("attribution") or attribute(record, stop_tokens=stop_tokens)
+    return record
 
 
 def aborted_record(

@@ -102,6 +102,10 @@ RULES: dict[str, Rule] = {
     "user_max_tokens": POSITIVE_COUNT,
     "policy_tool_choice": Rule(choices=TOOL_CHOICES),
     "user_tool_choice": Rule(choices=TOOL_CHOICES),
+    "judge_base_urls": Rule(urls=True),
+    "judge_model": Rule(nonempty=True),
+    "judge_temperature": Rule(ge=0),
+    "judge_max_tokens": POSITIVE_COUNT,
     "max_turns": POSITIVE_COUNT,
     "max_steps_per_turn": POSITIVE_COUNT,
     "max_user_steps_per_turn": POSITIVE_COUNT,
@@ -141,6 +145,15 @@ class EpisodeSettings:
     user_tool_choice: ToolChoice = _setting(
         "auto", "tool_choice for the user's first step in a turn; its last allowed step is always 'none'."
     )
+    judge_base_urls: list[str] | None = _setting(
+        None,
+        "Server(s) of the optional LLM judge of who made a failed episode fail, asked only where the rule "
+        "checks blame the policy (core/judge.py); None: the rule checks alone.",
+    )
+    judge_model: str = _setting("judge", "Model name the judge server serves.")
+    judge_api_key: str | None = _setting(None, "Bearer token for the judge server, if it needs one.")
+    judge_temperature: float | None = _setting(0.0, "Sampling temperature of the judge (0: the same verdict again).")
+    judge_max_tokens: int | None = _setting(256, "Most tokens the judge's answer may take.")
     max_turns: int = _setting(5, "Turns (a policy reply and a user message) before the episode is truncated.")
     max_steps_per_turn: int = _setting(
         1, "Policy model calls per turn; after tool results with no steps left the turn passes to the user."
@@ -189,9 +202,13 @@ class EpisodeSettings:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise SettingsError(name, f"must be a list of strings, got {value!r}")
 
-    def sampling(self, role: Literal["policy", "user"], task_sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    def sampling(
+        self, role: Literal["policy", "user", "judge"], task_sampling: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """What one role's calls send besides the messages; a task's own sampling wins for the policy."""
-        if role == "policy":
+        if role == "judge":
+            chosen = {"temperature": self.judge_temperature, "max_tokens": self.judge_max_tokens}
+        elif role == "policy":
             chosen = {"temperature": self.policy_temperature, "top_p": self.policy_top_p}
             chosen["max_tokens"] = self.policy_max_tokens
             chosen |= task_sampling or {}

@@ -16,6 +16,7 @@ from langchain_core.messages import AnyMessage
 from pydantic import WithJsonSchema
 from typing_extensions import NotRequired, TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
 
+from sparring.core.attribution import Attribution
 from sparring.core.ledger import LedgerEntry
 from sparring.core.task import TASK_JSON_SCHEMA
 
@@ -95,6 +96,8 @@ class EpisodeState(TypedDict):
     reward: NotRequired[float | None]
     reward_components: NotRequired[dict[str, float]]
     env_result: NotRequired[dict[str, Any]]
+    attribution: NotRequired[Attribution | None]
+    """Who made the episode fail, with the reasons (core/attribution.py); set by verify."""
     # Set by a person while the run is paused before `user` (Studio); the user node plays it instead of
     # calling the user model, and clears it. Text, or a HumanTurn with tool calls.
     human_turn: NotRequired[str | HumanTurn | None]

@@ -22,6 +22,10 @@ file, line and field; `on_bad_record="fail"` (the default) stops the export at t
 mid-line) is such a bad record: reported, never dropped silently. A failed export leaves no file at
 the output path: rows go to a temporary file renamed into place only when every row is written.
 
+`drop_attributed` (labels of the record's `attribution`, e.g. user, tool, env) leaves out the episodes
+the policy did not make fail: they are no outcome of the policy's, so they leave the group statistics
+too, and are counted per label. A record without an attribution cannot be told apart: an error.
+
 Two passes over the input, so memory holds rewards per group and one batch of rows, never the records;
 the second reads exactly the bytes the first checked (a collect appending meanwhile adds nothing).
 """
@@ -32,7 +36,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -40,6 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sparring.core.attribution import LABELS
 from sparring.core.errors import InputError, UsageError
 from sparring.engine.output import check_output_path
 
@@ -71,6 +76,7 @@ class ExportStats:
     bad_records: int = 0
     bad_record_examples: list[str] = field(default_factory=list)
     """The first few bad records' errors (all of them went to `on_skip`)."""
+    attributed_left_out: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,19 @@ def group_id(record: dict[str, Any]) -> str:
 def is_scored(record: dict[str, Any]) -> bool:
     """Whether the record has a reward to learn from (aborted episodes never do)."""
     return record.get("status") != "aborted" and record.get("reward") is not None
+
+
+def attribution_label(record: dict[str, Any], source: str | Path) -> str:
+    """The record's attribution label; a record without a valid one is an InputError naming it."""
+    attribution = record.get("attribution")
+    label = attribution.get("label") if isinstance(attribution, dict) else None
+    if label not in LABELS:
+        raise InputError(
+            f"{source}: record {record.get('id')!r}: field attribution.label: expected one of "
+            f"{', '.join(LABELS)}, got {label!r} (records written before attribution have none: "
+            "export them without --drop-attributed)"
+        )
+    return str(label)
 
 
 def group_statistics(rewards: dict[str, list[float]]) -> dict[str, Group]:
@@ -268,6 +287,7 @@ def export(
     drop_equal_groups: bool = False,
     on_bad_record: str = "fail",
     on_skip: Callable[[str], None] | None = None,
+    drop_attributed: Collection[str] = (),
 ) -> ExportStats:
     """Write the training rows of `source` to `output` (.parquet, or .jsonl); returns the counts.
 
@@ -278,6 +298,10 @@ def export(
         raise UsageError(f"normalize must be 'none' or 'std', got {normalize!r}")
     if on_bad_record not in BAD_RECORD_POLICIES:
         raise UsageError(f"on_bad_record (--on-bad-record) must be 'fail' or 'skip', got {on_bad_record!r}")
+    unknown = sorted(set(drop_attributed) - set(LABELS))
+    if unknown:
+        raise UsageError(f"drop_attributed: unknown label(s) {', '.join(unknown)}; the labels: {', '.join(LABELS)}")
+    dropped = frozenset(drop_attributed)
     writer = _RowWriter(Path(output))  # checks the extension and the path before any work
     stats = ExportStats()
     rewards: dict[str, list[float]] = {}
@@ -300,7 +324,7 @@ def export(
                 if on_skip is not None:
                     on_skip(str(exc))
                 continue
-            if is_scored(record):
+            if is_scored(record) and not (dropped and attribution_label(record, f"{source}:{line_no}") in dropped):
                 rewards.setdefault(group_id(record), []).append(float(record["reward"]))
         groups = group_statistics(rewards)
         stats.groups = len(groups)
@@ -313,7 +337,7 @@ def export(
             for line_no, line, _ in _lines(handle, end):  # exactly the bytes the first pass checked
                 if not line.strip() or line_no in bad_lines:
                     continue
-                _add_rows(parse_record(line), groups, normalize, drop_equal_groups, stats, writer)
+                _add_rows(parse_record(line), groups, normalize, drop_equal_groups, dropped, stats, writer)
     return stats
 
 
@@ -322,6 +346,7 @@ def _add_rows(
     groups: dict[str, Group],
     normalize: str,
     drop_equal_groups: bool,
+    dropped: frozenset[str],
     stats: ExportStats,
     writer: _RowWriter,
 ) -> None:
@@ -332,6 +357,9 @@ def _add_rows(
         return
     if not is_scored(record):
         stats.unscored_left_out += 1
+        return
+    if dropped and (label := attribution_label(record, "")) in dropped:
+        stats.attributed_left_out[label] = stats.attributed_left_out.get(label, 0) + 1
         return
     gid = group_id(record)
     group = groups[gid]

@@ -10,7 +10,10 @@ Definitions (aborted episodes have no reward and are left out of every reward fi
 - `mean@k`: the mean over groups of the group's mean reward, k being the group size;
 - `pass@k`: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k) per group with n
   scored repeats of which c reached `pass_threshold`, averaged over groups with n >= k; reported for
-  k = 1, 2, 4, ... up to the largest group.
+  k = 1, 2, 4, ... up to the largest group;
+- `attribution`: per environment, episodes per attribution label (none, agent, user, tool, env;
+  `unattributed` for records written before records had one) and, per check, the episodes with at
+  least one `fault` reason from it (what made the failures someone else's).
 """
 
 from __future__ import annotations
@@ -47,10 +50,13 @@ class MetricsAccumulator:
     prefix_mismatches: int = 0
     episodes_with_mismatches: int = 0
     episode_wall_s: list[float] = field(default_factory=list)
+    labels: dict[str, Counter[str]] = field(default_factory=dict)
+    fault_checks: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one finished episode."""
         self.episodes += 1
+        self._add_attribution(record)
         self.by_status[str(record.get("status"))] += 1
         self.by_stop_reason[str(record.get("stop_reason"))] += 1
         reward = record.get("reward")
@@ -71,6 +77,14 @@ class MetricsAccumulator:
         self.prefix_mismatches += mismatches
         self.episodes_with_mismatches += mismatches > 0
         self.episode_wall_s.append(float((record.get("timing") or {}).get("wall_s") or 0.0))
+
+    def _add_attribution(self, record: Mapping[str, Any]) -> None:
+        env = str(record.get("env"))
+        attribution = record.get("attribution")
+        attribution = attribution if isinstance(attribution, Mapping) else {}
+        self.labels.setdefault(env, Counter())[str(attribution.get("label") or "unattributed")] += 1
+        faults = {r.get("check") for r in attribution.get("reasons") or () if r.get("severity") == "fault"}
+        self.fault_checks.setdefault(env, Counter()).update(str(check) for check in faults)
 
     @property
     def mean_reward(self) -> float | None:
@@ -108,6 +122,13 @@ class MetricsAccumulator:
             "episodes_per_s": _ratio(ran, wall_s),
             "model_call_latency_s": {role: h.summary() for role, h in (latency or {}).items()},
             "replicas": dict(replicas or {}),
+            "attribution": {
+                env: {
+                    "labels": dict(sorted(labels.items())),
+                    "fault_checks": dict(sorted(self.fault_checks[env].items())),
+                }
+                for env, labels in sorted(self.labels.items())
+            },
         }
 
 

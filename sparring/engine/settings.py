@@ -2,8 +2,10 @@
 
 In order, later wins: the environment's own settings (what it is meant to be played with), the
 servers `sparring models up` started (and the policy's tokenizer folder, so token mode is tito),
-the `SPARRING_*` variables, then the caller's explicit values (flags, a request, a script). The
-CLI, the service, the gateway, Ray workers and Studio all resolve settings here.
+the `SPARRING_*` variables (the optional judge's too: `SPARRING_JUDGE_BASE_URL`, `_MODEL`,
+`_API_KEY`; never a local server: no judge unless one is named), then the caller's explicit values
+(flags, a request, a script). The CLI, the service, the gateway, Ray workers and Studio all resolve
+settings here.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def resolve_settings(
         api_key = explicit.pop(f"{role}_api_key", None) or environ.get(f"SPARRING_{role.upper()}_API_KEY")
         if api_key:
             changes[f"{role}_api_key"] = api_key
+    judge_urls = explicit.pop("judge_base_urls", None) or _split(environ.get("SPARRING_JUDGE_BASE_URL", ""))
+    if judge_urls:  # optional: no judge unless one is named
+        changes["judge_base_urls"] = list(judge_urls)
+    for name in ("model", "api_key"):
+        value = explicit.pop(f"judge_{name}", None) or environ.get(f"SPARRING_JUDGE_{name.upper()}")
+        if value:
+            changes[f"judge_{name}"] = value
     env_url = explicit.pop("env_url", None)
     if env_url is None:
         env_url = environ.get("SPARRING_ENV_URL") or None

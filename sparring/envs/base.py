@@ -16,6 +16,9 @@ it), a turn ends when its actor replies in words. Override what differs:
 - `aclose()` for resources pooled across episodes (remote: its HTTP session).
 - `follow_result(state, result)` when scoring a conversation that ran elsewhere (a NeMo Gym rollout,
   an agent behind the gateway) must read more from a tool result than the replayed call gives.
+- `attribution_rules(task, state)` to add the environment's own checks of who made an episode fail
+  (core/attribution.py), name the persona text its user may say word for word, or set the reward of a
+  success; `judge_prompt(task)` to tell the optional LLM judge what this environment's user must do.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from sparring.core.attribution import AttributionRules
 from sparring.tools.specs import ToolResult, ToolSpec
 
 Actor = Literal["policy", "user", "env"]
@@ -33,6 +37,16 @@ DEFAULT_USER_PERSONA = (
     "You are a user talking to an AI assistant. Ask for what you need in plain words, one thing at a time, "
     "and answer its questions. When you are done, write ###STOP###."
 )
+
+DEFAULT_JUDGE_PROMPT = (
+    "The simulated user plays a person talking to the assistant, following its own instructions (below). "
+    "The user is at fault when it broke that role: it spoke as the assistant, never said what it wanted, "
+    "changed or abandoned its request, invented facts it was not given, repeated itself instead of answering, "
+    "or ended the conversation before its request was done or refused. A tool is at fault when it failed on "
+    "its own (an internal error, not a refusal of a bad call). Otherwise the assistant is at fault: a good "
+    "assistant would have succeeded with this user."
+)
+"""What a user's fault is, when the environment says nothing more specific (`Environment.judge_prompt`)."""
 
 
 @dataclass(slots=True)
@@ -101,6 +115,17 @@ class Environment:
     async def verify(self, state: Any, messages: Sequence[Any]) -> Verdict:
         """Score the final state."""
         raise NotImplementedError(f"environment {self.name!r} must define verify()")
+
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        """What attribution should know about this task (asked at verify, for episodes that were not aborted):
+        the environment's own checks, the persona text its user may say word for word, the reward of a
+        success. Default: the built-in checks alone, on a 0..1 reward."""
+        return AttributionRules()
+
+    def judge_prompt(self, task: dict[str, Any]) -> str:
+        """The optional LLM judge's instructions for this task: what the simulated user must do here and what
+        counts as its fault. sparring adds the user's persona, the outcome, the transcript and the answer form."""
+        return DEFAULT_JUDGE_PROMPT
 
     async def aclose(self) -> None:
         """Release what the environment pools across episodes (e.g. HTTP connections)."""

@@ -12,13 +12,15 @@ ends without a move the environment plays one for it, so the policy always gets 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import orjson
 
+from sparring.core.attribution import AttributionRules, Episode, Reason, at, reason, text_of
 from sparring.core.errors import ReplayError, SeedError
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.tools.specs import ToolResult, ToolSpec
@@ -53,6 +55,16 @@ USER_PERSONA = (
 )
 FALLBACK_ORDER = (4, 0, 2, 6, 8, 1, 3, 5, 7)
 """Where the environment moves for a user that could not: centre, corners, edges."""
+JUDGE_PROMPT = (
+    "The simulated user plays O against the assistant, who plays X; both move with make_move. When O makes "
+    "no legal move the environment plays one for it, and the game is scored for X (a win 1, a draw 0.5, a "
+    "loss or an unfinished game 0). How well or badly O plays is never a fault: a strong O is a fair "
+    "opponent, and a weak one cannot stop the game. The user is at fault only when its words misled X "
+    "(claiming a move it did not make, describing a wrong board, speaking as X, writing chat-template "
+    "markup). Otherwise a game X did not win is the assistant's failure."
+)
+_TAKEN = re.compile(r"position (\d) is already taken|arguments\.position must be one of \[[\d, ]*\], got (\d)\b")
+"""A move refused on a taken cell: by the environment, or by the user's tool, whose enum lists only free cells."""
 
 
 class TicTacToe(Environment):
@@ -182,6 +194,14 @@ class TicTacToe(Environment):
             raise ReplayError(f"the board {board} does not follow from the moves played before it")
         return followed
 
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        """O's moves on taken cells and the moves the environment played for it, as notes (see the check)."""
+        return ATTRIBUTION_RULES
+
+    def judge_prompt(self, task: dict[str, Any]) -> str:
+        """O's play is never a fault here; only words that mislead X are."""
+        return JUDGE_PROMPT
+
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """1 for an X win, 0.5 for a draw, 0 for a loss or an unfinished game."""
         game_result, reward = RESULT_FOR_X.get(state["winner"], ("incomplete", 0.0))
@@ -190,6 +210,38 @@ class TicTacToe(Environment):
             components={"outcome": reward},
             result={"game_result": game_result, "board": state["board"], "moves": state["moves"]},
         )
+
+
+def check_o_moves(episode: Episode) -> Iterator[Reason]:
+    """O's tries on taken cells (counting those it had been refused before: it did not read the result)
+    and the moves the environment played for it.
+
+    Notes, never faults: the environment moves for a user that cannot, so O's mistakes never stop the
+    game or cost X a win; the game X played is still its own to learn from.
+    """
+    refused: list[int] = []
+    repeated, first = 0, None
+    for index, message in enumerate(episode.user_messages):
+        if message["role"] != "tool" or message.get("status") == "success":
+            continue
+        found = _TAKEN.search(text_of(message))
+        if found is None:
+            continue
+        position = int(found.group(1) or found.group(2))
+        repeated += position in refused
+        refused.append(position)
+        first = index if first is None else first
+    if first is not None:
+        detail = f"O tried {len(refused)} taken cell(s) {refused}, {repeated} of them again after being refused"
+        yield reason("user_taken_cells", "user", detail, at("user_messages", first), "note")
+    moves = (episode.record.get("env_result") or {}).get("moves") or ()
+    for_user = [move["position"] for move in moves if isinstance(move, Mapping) and move.get("by") == "env"]
+    if for_user:
+        detail = f"the environment played O's move(s) {for_user} for a user that made no legal move"
+        yield reason("env_moved_for_user", "user", detail, None, "note")
+
+
+ATTRIBUTION_RULES = AttributionRules(checks=(check_o_moves,))
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from sparring.core.settings import EpisodeSettings
 from sparring.models.client import EndpointConfig, ModelClient
 from sparring.models.latency import LatencyHistogram
 
-Role = Literal["policy", "user"]
+Role = Literal["policy", "user", "judge"]
 ReplicaStats = dict[str, dict[str, dict[str, int | bool]]]
 
 
@@ -23,6 +23,8 @@ def endpoint_config(settings: EpisodeSettings, role: Role) -> EndpointConfig:
     """The endpoint of one role, read off the run's settings."""
     if role == "policy":
         urls, model, api_key = settings.policy_base_urls, settings.policy_model, settings.policy_api_key
+    elif role == "judge":
+        urls, model, api_key = settings.judge_base_urls or [], settings.judge_model, settings.judge_api_key
     else:
         urls, model, api_key = settings.user_base_urls, settings.user_model, settings.user_api_key
     return EndpointConfig(
@@ -56,6 +58,12 @@ class ClientPool:
         policy, user = (self._client(endpoint_config(settings, role), role) for role in ("policy", "user"))
         self._last = (settings, policy, user)
         return policy, user
+
+    def judge(self, settings: EpisodeSettings) -> ModelClient | None:
+        """The judge's client for these settings, or None when no judge is configured."""
+        if not settings.judge_base_urls:
+            return None
+        return self._client(endpoint_config(settings, "judge"), "judge")
 
     def _client(self, endpoint: EndpointConfig, role: Role) -> ModelClient:
         client = self._clients.get(endpoint)

@@ -39,6 +39,7 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
         "status": None,
         "stop_reason": None,
         "error": None,
+        "attribution": None,
     }
     try:
         task = parse_task(state["task"])  # every face, Studio included, refuses the same tasks

@@ -3,6 +3,8 @@
 The actor is bound when the graph is built, so the environment always knows who moved. Bad calls
 (unknown tool, malformed or invalid arguments, illegal moves) come back as tool messages and the
 episode goes on; an environment that raises is an infrastructure failure and aborts the episode.
+Each tool message keeps its `status` and, on an error, whose fault it was (`ToolResult.fault`; our
+own argument checks are the caller's), so the record can tell a broken tool from a bad call.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ async def run_tools(
                 raise ToolArgumentError(f"unknown tool {name!r}; available: {known}")
             arguments = parse_arguments(spec, call["function"]["arguments"])
         except ToolArgumentError as exc:
-            results.append(ToolMessage(content=f"Error: {exc}", tool_call_id=call_id, name=name, status="error"))
+            results.append(
+                ToolMessage(
+                    content=f"Error: {exc}",
+                    tool_call_id=call_id,
+                    name=name,
+                    status="error",
+                    additional_kwargs={"fault": "caller"},
+                )
+            )
             continue
         try:
             result = await deps.env.call_tool(env_state, actor, name, arguments)
@@ -58,6 +68,7 @@ async def run_tools(
                 tool_call_id=call_id,
                 name=name,
                 status="error" if result.is_error else "success",
+                additional_kwargs={"fault": result.fault or "caller"} if result.is_error else {},
             )
         )
     update.update({history: results, "env_state": env_state, "tool_s": state["tool_s"] + time.perf_counter() - started})

@@ -144,6 +144,36 @@ class Echo:
         return Say("")
 
 
+_JUDGED_USER_LINE = re.compile(r"^\[(\d+)\] user: (.*)$", re.M)
+
+
+class Judge:
+    """Plays the optional LLM judge (core/judge.py): reads the transcript it is sent and answers with the
+    JSON object the judge is asked for.
+
+    It blames the user at the first user message ("[n] user: ...") containing one of `user_faults`
+    (case-insensitive), else answers `otherwise` ("agent", "tool" or "unclear") with no message.
+    `reply` answers fixed text instead (a judge that breaks the answer form).
+    """
+
+    def __init__(self, user_faults: Sequence[str] = (), otherwise: str = "agent", reply: str | None = None) -> None:
+        self.user_faults = tuple(fault.lower() for fault in user_faults)
+        self.otherwise = otherwise
+        self.reply = reply
+
+    def __call__(self, request: ModelRequest) -> Step:
+        """The verdict on the transcript in the request's last message."""
+        if self.reply is not None:
+            return Say(self.reply)
+        transcript = content_text(request.messages[-1].get("content"))
+        for line in _JUDGED_USER_LINE.finditer(transcript):
+            if any(fault in line[2].lower() for fault in self.user_faults):
+                evidence = f"the user wrote {line[2][:80]!r}"
+                return Say(json.dumps({"blame": "user", "message_index": int(line[1]), "evidence": evidence}))
+        evidence = "no message shows the user or a tool at fault"
+        return Say(json.dumps({"blame": self.otherwise, "message_index": None, "evidence": evidence}))
+
+
 X_PREFERENCE = (4, 0, 2, 6, 8, 1, 3, 5, 7)
 O_PREFERENCE = (8, 1, 3, 5, 7, 0, 2, 6, 4)
 _DECODER = json.JSONDecoder()

@@ -63,6 +63,12 @@ h2 { font-size: 15px; margin: 4px 0 12px; }
 body.hide-prompt .m0 { display: none; }
 body.shade .m1 { background: rgba(220, 38, 38, calc(1 - var(--p, 1))); color: #111827; }
 .note { color: #6b7280; font-size: 12px; }
+.chip.label-none { background: #166534; } .chip.label-agent { background: #1e40af; }
+.chip.label-user, .chip.label-tool, .chip.label-env { background: #92400e; }
+ul.reasons { margin: 0; padding-left: 18px; } ul.reasons li { margin: 2px 0 6px; }
+.reason .check { font-family: ui-monospace, Menlo, Consolas, monospace; font-weight: 600; }
+.reason.fault .check { color: #991b1b; }
+.message:target { outline: 2px solid #f59e0b; }
 table.kv { border-collapse: collapse; font-size: 13px; }
 table.kv td { padding: 2px 12px 2px 0; vertical-align: top; }
 """
@@ -88,15 +94,21 @@ def _text(content: Any) -> str:
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
 
 
-def render_message(message: dict[str, Any], number: int, actor: str) -> str:
-    """One message: who produced it, its text, its tool calls, or the tool result it is."""
+def render_message(message: dict[str, Any], number: int, actor: str, view: str = "messages") -> str:
+    """One message: who produced it, its text, its tool calls, or the tool result it is.
+
+    Its id is `{view}-{number}` (`messages-3`, `user_messages-2`), where an attribution reason points."""
     role = message.get("role", "?")
     label = _ROLE_LABEL.get(role, role)
     classes = f"message actor-{escape(actor)} role-{escape(role)}"
     if role == "tool":
         classes += " tool"
+        if message.get("status") == "error":
+            classes += " status-error"
         label = f"result of {message.get('name') or 'a tool'}"
-    parts = [f'<div class="{classes}" data-actor="{escape(actor)}">']
+        if message.get("fault"):
+            label += f" (error, the {message['fault']}'s fault)"
+    parts = [f'<div class="{classes}" id="{escape(view)}-{number}" data-actor="{escape(actor)}">']
     call_id = f'<span class="id">{escape(str(message["tool_call_id"]))}</span>' if message.get("tool_call_id") else ""
     parts.append(f'<div class="who"><span class="n">#{number}</span>{escape(actor)} · {escape(label)}{call_id}</div>')
     text = _text(message.get("content"))
@@ -115,9 +127,36 @@ def render_message(message: dict[str, Any], number: int, actor: str) -> str:
     return "".join(parts)
 
 
-def render_conversation(messages: Sequence[dict[str, Any]], actors: Sequence[str]) -> str:
+def render_conversation(messages: Sequence[dict[str, Any]], actors: Sequence[str], view: str = "messages") -> str:
     """A whole history, one box per message."""
-    return "\n".join(render_message(m, i, a) for i, (m, a) in enumerate(zip(messages, actors, strict=True)))
+    return "\n".join(render_message(m, i, a, view) for i, (m, a) in enumerate(zip(messages, actors, strict=True)))
+
+
+def render_attribution(record: dict[str, Any]) -> str:
+    """Who made the episode fail, and each reason, linked to the message where it was seen."""
+    attribution = record.get("attribution")
+    if not isinstance(attribution, dict):
+        return '<p class="note">No attribution in this record (written before records had one).</p>'
+    label = str(attribution.get("label"))
+    judge = attribution.get("judge")
+    judged = ""
+    if isinstance(judge, dict):
+        answer = judge.get("blame") or f"no verdict ({judge.get('error')})"
+        judged = f' <span class="note">judge {escape(str(judge.get("model")))}: {escape(str(answer))}</span>'
+    items = []
+    for found in attribution.get("reasons") or ():
+        where = found.get("where")
+        place = ""
+        if isinstance(where, dict):
+            view, index = escape(str(where.get("view"))), escape(str(where.get("index")))
+            place = f' <a href="#{view}-{index}">{view}[{index}]</a>'
+        severity = str(found.get("severity"))
+        items.append(
+            f'<li class="reason {escape(severity)}"><span class="check">{escape(str(found.get("check")))}</span> '
+            f"({escape(str(found.get('actor')))}, {escape(severity)}){place}: {escape(str(found.get('detail')))}</li>"
+        )
+    listed = f'<ul class="reasons">{"".join(items)}</ul>' if items else '<p class="note">No reasons found.</p>'
+    return f"<p>Label <b>{escape(label)}</b>{judged}</p>{listed}"
 
 
 def _token_title(token_id: int, mask: int, logprob: float) -> str:
@@ -187,6 +226,11 @@ def _summary(record: dict[str, Any]) -> str:
     return f'{error_html}<table class="kv">{cells}</table>'
 
 
+def _label(record: dict[str, Any]) -> str:
+    attribution = record.get("attribution")
+    return str(attribution.get("label")) if isinstance(attribution, dict) else "unknown"
+
+
 def rollout_page(record: dict[str, Any], decode: Callable[[int], str] | None = None) -> str:
     """The page for one record; `decode` turns a token id into its text for display (None: show ids)."""
     trajectory = record.get("trajectory") or {}
@@ -197,6 +241,7 @@ def rollout_page(record: dict[str, Any], decode: Callable[[int], str] | None = N
         (f"env {record.get('env')}", ""),
         (f"{status} ({record.get('stop_reason')})", status),
         (f"reward {record.get('reward')}", ""),
+        (f"attribution {_label(record)}", f"label-{_label(record)}"),
         (f"{record.get('num_turns', 0)} turns", ""),
         (f"{record.get('num_policy_calls', 0)} policy calls", ""),
         (f"{record.get('num_user_calls', 0)} user calls", ""),
@@ -212,6 +257,7 @@ def rollout_page(record: dict[str, Any], decode: Callable[[int], str] | None = N
         else "Token ids shown: pass --tokenizer DIR (the policy model's folder) to see their text."
     )
     title = f"sparring rollout {record.get('id')}"
+    user_actors = [_USER_VIEW_ACTOR.get(m.get("role", ""), "env") for m in user_messages]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><style>{_CSS}</style></head>
@@ -219,13 +265,14 @@ def rollout_page(record: dict[str, Any], decode: Callable[[int], str] | None = N
 <header><h1>{escape(title)}</h1><div class="chips">{chip_html}</div></header>
 <main>
 <section id="policy-view"><h2>The policy's view ({len(messages)} messages)</h2>
-{render_conversation(messages, [m.get("actor") or "env" for m in messages])}
+{render_conversation(messages, [m.get("actor") or "env" for m in messages], "messages")}
 </section>
 <section id="user-view"><h2>The simulated user's own view ({len(user_messages)} messages)</h2>
 <p class="note">Roles are flipped here: the user model is the assistant; what it was shown of the policy's
 turn (visible replies, the environment's observation) reaches it as user messages.</p>
-{render_conversation(user_messages, [_USER_VIEW_ACTOR.get(m.get("role", ""), "env") for m in user_messages])}
+{render_conversation(user_messages, user_actors, "user_messages")}
 </section>
+<section id="attribution" class="wide"><h2>Who made it fail</h2>{render_attribution(record)}</section>
 <section id="outcome" class="wide"><h2>Outcome</h2>{_summary(record)}</section>
 <section id="tokens" class="wide"><h2>The policy's tokens (what the trainer sees)</h2>
 <div class="controls">

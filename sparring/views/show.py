@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, ToolMessage
 
 from sparring.core.errors import InputError
 from sparring.core.jsonl import json_object
@@ -53,6 +53,8 @@ def as_messages(wire_messages: Sequence[dict[str, Any]]) -> list[BaseMessage]:
         message = from_wire(wire)
         if wire.get("actor"):
             message.additional_kwargs["actor"] = wire["actor"]
+        if isinstance(message, ToolMessage) and wire.get("status") in ("success", "error"):
+            message.status = wire["status"]  # the transcript marks failed calls
         messages.append(message)
     return messages
 
@@ -70,11 +72,33 @@ def token_summary(record: dict[str, Any]) -> str:
     )
 
 
+def attribution_lines(record: dict[str, Any]) -> list[str]:
+    """Who made the episode fail (the record's `attribution`), then each reason: its check, whom it blames,
+    whether it decided the label (fault) or explains (note), where it was seen, and what."""
+    attribution = record.get("attribution")
+    if not isinstance(attribution, dict):
+        return ["attribution: none recorded (a record written before records had one)"]
+    judge = attribution.get("judge")
+    asked = ""
+    if isinstance(judge, dict):
+        answer = judge.get("blame") or f"no verdict ({judge.get('error')})"
+        asked = f"  (judge {judge.get('model')}: {answer})"
+    lines = [f"attribution: {attribution.get('label')}{asked}"]
+    for found in attribution.get("reasons") or ():
+        where = found.get("where")
+        place = f" at {where['view']}[{where['index']}]" if isinstance(where, dict) else ""
+        lines.append(
+            f"  - {found.get('check')} ({found.get('actor')}, {found.get('severity')}){place}: {found.get('detail')}"
+        )
+    return lines
+
+
 def transcript_lines(record: dict[str, Any], view: str = "policy") -> list[str]:
-    """The record as the live transcript prints it, framed by its outcome."""
+    """The record as the live transcript prints it, framed by its outcome and its attribution."""
     lines = [
         f"episode {record['id']}  env {record.get('env')}  task {record.get('task_id')}  "
         f"status {record['status']} ({record.get('stop_reason')})  reward {record.get('reward')}",
+        *attribution_lines(record),
         "",
     ]
     history = record["messages"] if view == "policy" else record.get("user_messages") or []

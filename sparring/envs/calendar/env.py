@@ -14,13 +14,15 @@ on when the user's turn closes (`settle_user_turn`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import orjson
 from langchain_core.messages import AIMessage
 
+from sparring.core.attribution import AttributionRules, Episode, Reason, at, quote, reason, text_of, words
 from sparring.core.errors import SeedError
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.calendar.scoring import TimeFormatError, clock, grade_events, grade_text, minutes
@@ -77,6 +79,14 @@ REQUESTS_PERSONA = (
     "write it to the assistant in plain words, keeping the event number, duration and time. Never write JSON "
     "or code, and follow what you are told to do when your requests are all made."
 )  # the stop token is only named once it is time to use it: a small model says it at once otherwise
+JUDGE_PROMPT = (
+    "The simulated user plans its day with the assistant, a scheduling assistant. Each turn the user is "
+    "shown its next request (an event number, a name, a duration in minutes and a time constraint) and "
+    "must write it to the assistant. The user is at fault when a request it wrote differs from the one it "
+    "was shown (a missing or wrong event number, duration or time, before instead of after), when it wrote "
+    "something else instead, or when it ended before making all of them. Otherwise a wrong calendar (an "
+    "event missing, misplaced, overlapping another, or not printed as asked) is the assistant's failure."
+)
 ALL_MADE = f"All your requests are made. Reply with only {STOP_TOKEN}"
 DONE_PERSONA = f"The assistant has answered your scheduling request. Reply with only {STOP_TOKEN}."
 
@@ -211,6 +221,14 @@ class Calendar(Environment):
         shown = " ".join(state["requests"][revealed : revealed + state["per_turn"]])
         return f"(Your next request: {shown} Write it to the assistant now, in plain words.)"
 
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        """A request the user was shown and did not pass on faithfully is the user's fault (see the check)."""
+        return ATTRIBUTION_RULES
+
+    def judge_prompt(self, task: dict[str, Any]) -> str:
+        """The user must pass on each request it is shown; the calendar is the assistant's."""
+        return JUDGE_PROMPT
+
     async def verify(self, state: dict[str, Any], messages: Sequence[Any]) -> Verdict:
         """The calendar in state (tools form) or in the policy's last reply (printed form), graded per check."""
         expected = state["exp_cal_state"]
@@ -230,6 +248,77 @@ class Calendar(Environment):
                 "exp_cal_state": expected,
             },
         )
+
+
+REQUEST = re.compile(r"event (\d+), ([^,]+), for (\d+) minutes, ([^.]*?)\.(?:\s|$)", re.I)
+"""A request as the environment shows it (generator.py's and DEFAULT_SEED's wording)."""
+_TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?m\b\.?", re.I)
+_OPPOSITE = {"before": "after", "after": "before"}
+
+
+def check_requests_passed_on(episode: Episode) -> Iterator[Reason]:
+    """Each request the user was shown must reach the assistant with its event number, duration and times
+    (and not "before" for "after"): the assistant cannot schedule an event the user misstated or left out.
+
+    Lenient where a restatement keeps the meaning: a duration in hours ("1.5 hours" for 90 minutes, "an
+    hour"), a time without its am/pm or in 24-hour form; `any time` requests need no time.
+    """
+    for turn in episode.user_turns:
+        if turn.shown_index is None:
+            continue
+        shown = text_of(episode.user_messages[turn.shown_index])
+        _, found, rest = shown.partition("(Your next request: ")
+        if not found:
+            continue
+        said = episode.without_stop_tokens(turn.text)
+        for request in REQUEST.finditer(rest):
+            missing = _missing(request, said)
+            if missing:
+                yield reason(
+                    "request_misstated",
+                    "user",
+                    f"the user's message left out or changed the {', '.join(missing)} of its request "
+                    f"{quote(request.group().strip())}: it wrote {quote(said)}",
+                    at("user_messages", turn.index),
+                )
+
+
+def _missing(request: re.Match[str], said: str) -> list[str]:
+    """What of the request (event number, duration, times, kind) the user's words do not carry."""
+    numbers = set(words(said))
+    event_id, duration, constraint = request[1], int(request[3]), request[4].strip().lower()
+    missing = [] if event_id in numbers else ["event number"]
+    hours = duration / 60
+    in_hours = f"{hours:g}" in numbers and re.search(r"\bhours?\b", said, re.I)
+    an_hour = duration == 60 and re.search(r"\b(?:an|one)\s+hour\b", said, re.I)
+    if str(duration) not in numbers and not in_hours and not an_hour:
+        missing.append("duration")
+    kind = constraint.partition(" ")[0]
+    if kind == "any":
+        return missing
+    said_times = {_minutes_of(m) for m in _TIME.finditer(said)} | _clock_times(said)
+    for time in _TIME.finditer(constraint):
+        hour, minute = time[1], time[2] or "00"
+        if _minutes_of(time) not in said_times and not (hour in numbers and (minute == "00" or minute in numbers)):
+            missing.append("time")
+            break
+    opposite = _OPPOSITE.get(kind)
+    if opposite and re.search(rf"\b{opposite}\b", said, re.I) and not re.search(rf"\b{kind}\b", said, re.I):
+        missing.append(f"'{kind}'")
+    return missing
+
+
+def _minutes_of(time: re.Match[str]) -> int:
+    hour, minute, half = int(time[1]) % 12, int(time[2] or 0), time[3].lower()
+    return (hour + (12 if half == "p" else 0)) * 60 + minute
+
+
+def _clock_times(text: str) -> set[int]:
+    """24-hour times ("14:30") in the text, as minutes after midnight."""
+    return {int(h) * 60 + int(m) for h, m in re.findall(r"\b(\d{1,2}):(\d{2})\b(?!\s*[ap]\.?m)", text, re.I)}
+
+
+ATTRIBUTION_RULES = AttributionRules(checks=(check_requests_passed_on,))
 
 
 def _seed_of(task: dict[str, Any]) -> Mapping[str, Any]:

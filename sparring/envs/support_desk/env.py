@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sparring.core.attribution import AttributionRules
 from sparring.core.errors import SeedError
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.support_desk.world import (
@@ -54,6 +55,10 @@ class DeskTask(BaseModel):
     user_id: str
     known: dict[str, str] = Field(description="What the customer can tell to be found: email, or name and zip.")
     instructions: str = Field(description="The customer's hidden goal.")
+    request: str = Field(
+        default="",
+        description="The goal as the customer's own first line (first person): the persona offers it to copy.",
+    )
     persona: str = ""
     expected_actions: list[ExpectedAction] = Field(default_factory=list)
     required_facts: list[list[str]] = Field(
@@ -108,21 +113,33 @@ GREETING = "Hi! This is the shop's support desk. How can I help you today?"
 
 
 def customer_persona(desk_task: DeskTask, db: Mapping[str, Any]) -> str:
-    """The simulated customer's system prompt: who they are, their hidden goal, and how to end."""
+    """The simulated customer's system prompt: who they are, their goal, how to answer and how to end.
+
+    Written for small models, which copy what they see and lean to the assistant's side of a chat: the
+    role is said first and last (a customer never offers help), the goal comes with a first-person line
+    to open with (`DeskTask.request`), and the stop token is shown once, in the exact line that ends.
+    """
     user = db["users"][desk_task.user_id]
     name = f"{user['name']['first_name']} {user['name']['last_name']}"
     known = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in desk_task.known.items())
+    opening = (
+        f'Your first message says it, for example: "{desk_task.request}"\n'
+        if desk_task.request
+        else ("Your first message says it, in your own words.\n")
+    )
     return (
-        f"You are {name}, a customer writing to an online shop's support chat. The assistant is the shop's "
-        f"support agent. {desk_task.persona}\n"
-        "Write one or two short sentences per message, in plain words, as a customer would. Never invent "
-        "order ids, items or other details you were not given. When the agent asks you to confirm a change "
-        "that matches your goal, answer yes; otherwise say no and say what you want. Only when your goal is "
-        f"done, or the agent says it cannot be done, thank them and end that message with {STOP_TOKEN}; "
-        f"if you are transferred to a human agent, write {STOP_TOKEN}.\n"
-        f"To be identified you can give: {known}. Give them only when the agent asks.\n"
+        f"You are {name}, a customer of an online shop, chatting with the shop's support agent to get something "
+        "done. You are the customer, not the agent: you never offer help, never ask the agent for its details, "
+        f"and never say you are an AI or an assistant. {desk_task.persona}\n"
         f"Your goal: {desk_task.instructions}\n"
-        "Your first message says what you want, in your own words."
+        f"{opening}"
+        "Then answer the agent's questions in a few words of your own. Never copy the agent's words, and never "
+        f"send the same message twice. If the agent asks who you are, give {known}. Never invent order ids or "
+        "details you were not given. When the agent proposes a change that matches your goal, say yes; "
+        "otherwise say no and say what you want.\n"
+        "When the agent says your goal is done or cannot be done, or hands you to a human agent, write: "
+        f"Thanks, bye! {STOP_TOKEN}\n"
+        "Remember: you are the customer. Write one or two short sentences, never the agent's lines."
     )
 
 
@@ -155,6 +172,25 @@ class SupportDesk(Environment):
     def user_persona(self, task: dict[str, Any]) -> str:
         """The task's own persona, else the customer built from the desk task."""
         return task.get("user_persona") or customer_persona(resolve_task(task), load_world())
+
+    def attribution_rules(self, task: dict[str, Any], state: Any) -> AttributionRules:
+        """The customer may say its goal, its opening line and its identifiers word for word: they are its to tell."""
+        desk_task = resolve_task(task)
+        return AttributionRules(may_say=(desk_task.instructions, desk_task.request, *desk_task.known.values()))
+
+    def judge_prompt(self, task: dict[str, Any]) -> str:
+        """What a fair customer of this task does, and what the agent owes it."""
+        desk_task = resolve_task(task)
+        return (
+            "The simulated user is a customer writing to an online shop's support chat; the assistant is the "
+            f"shop's support agent, bound by the shop's policy. The customer's goal: {desk_task.instructions} "
+            "The customer is at fault when it never states that goal, changes or abandons it, invents order "
+            "ids or details it was not given, refuses a change that matches its goal, answers as the agent "
+            "would (offering help, asking for the customer's details), or ends the chat before the agent said "
+            "the goal was done or cannot be done. The agent is at fault when it does not identify the "
+            "customer, makes the wrong change or none, changes without the customer's yes, or does not tell "
+            "the customer what it must (amounts, statuses)."
+        )
 
     async def seed(self, task: dict[str, Any]) -> dict[str, Any]:
         """The shipped world, and the expected outcome from playing the task's expected actions on it."""
