@@ -27,12 +27,11 @@ from sparring.core.errors import SeedError
 from sparring.core.messages import raw_tool_calls
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.models.transport import Transport
-from sparring.tools.specs import ToolResult, ToolSpec
+from sparring.tools.specs import StateToolSpecs, ToolResult, ToolSpec
 
 STOP_TOKEN = "###STOP###"
 USER_PERSONA = f"The assistant has finished your task. Reply with only {STOP_TOKEN}."
 RESERVED = frozenset({"seed_session", "verify", "close_session", "aggregate_metrics", "sandbox_access", "mcp"})
-MAX_TOOL_SETS = 1024
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -52,27 +51,13 @@ class Remote(Environment):
     def __init__(self, timeout_s: float = 60.0) -> None:
         # Tool calls change the server's state: a failed one is never sent again (no retries).
         self._transport = Transport(timeout_s=timeout_s, max_retries=0, unavailable=RemoteServerError)
-        self._specs: dict[bytes, tuple[ToolSpec, ...]] = {}
-        self._seen: dict[int, tuple[list[dict[str, Any]], tuple[ToolSpec, ...]]] = {}
+        self._specs = StateToolSpecs()
 
     def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
         """The row's tools, for the policy only."""
         if actor != "policy" or not state or not state.get("tools"):
             return ()
-        tools = state["tools"]
-        seen = self._seen.get(id(tools))  # the same list object across an episode's calls: no dump needed
-        if seen is not None and seen[0] is tools:
-            return seen[1]
-        key = orjson.dumps(tools)
-        specs = self._specs.get(key)
-        if specs is None:
-            if len(self._specs) >= MAX_TOOL_SETS:
-                self._specs.clear()
-            specs = self._specs[key] = tuple(_spec(tool) for tool in tools)
-        if len(self._seen) >= MAX_TOOL_SETS:
-            self._seen.clear()
-        self._seen[id(tools)] = (tools, specs)
-        return specs
+        return self._specs.of(state["tools"])
 
     def user_persona(self, task: dict[str, Any]) -> str:
         """The row's request is already made: the simulated user only ends the episode."""
@@ -211,12 +196,3 @@ def _wire_tool(tool: Any, index: int) -> dict[str, Any]:
     if not isinstance(flat.get("parameters", {}), dict):
         raise SeedError(f"{where}.parameters: must be a JSON schema object")
     return {"type": "function", **flat}
-
-
-def _spec(tool: dict[str, Any]) -> ToolSpec:
-    return ToolSpec(
-        name=tool["name"],
-        description=tool.get("description") or "",
-        parameters=tool.get("parameters") or {"type": "object", "properties": {}},
-        strict=bool(tool.get("strict", False)),
-    )
