@@ -17,6 +17,7 @@ notebooks all play through an Engine.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ class Engine:
             return self.aborted(task, env, episode_id, "internal_error", exc, task_index, repeat_index, started)
         finally:
             self.clients.release(episode_id)
+            # The verify node released the episode's environment resources, unless the graph crashed or was
+            # cancelled before it; shielded, so a cancelled episode still lets go of a server's session.
+            await asyncio.shield(self.environment(env).close_episode(episode_id))
         return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)
 
     @staticmethod

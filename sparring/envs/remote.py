@@ -6,9 +6,10 @@ output items). The server keeps its per-episode state behind a session cookie, w
 episode's state (JSON-able, visible in Studio) and goes with every request of that episode. The
 HTTP session is shared and pooled across episodes, with no cookie jar, so episodes never mix cookies.
 
-The server comes from the task's `env_url`, else the run's `env_url` setting (`--env-url`,
-`SPARRING_ENV_URL`, Studio). The tools come from the row (`responses_create_params.tools`), so an
-existing NeMo Gym environment runs through sparring's graph with no new code.
+The server comes from the run's `env_url` setting (`--env-url`, `SPARRING_ENV_URL`, Studio), or the
+task's own `env_url` when it names one the operator allowed (`--allow-env-url`, core/outbound.py).
+The tools come from the row (`responses_create_params.tools`), so an existing NeMo Gym environment
+runs through sparring's graph with no new code.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import orjson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from sparring.core.errors import SeedError
+from sparring.core.errors import EnvServerError, SeedError
 from sparring.core.messages import raw_tool_calls
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.models.transport import Transport
@@ -35,8 +36,8 @@ RESERVED = frozenset({"seed_session", "verify", "close_session", "aggregate_metr
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-class RemoteServerError(RuntimeError):
-    """The resources server failed (5xx, unreachable, not JSON where JSON is due): the episode aborts."""
+class RemoteServerError(EnvServerError):
+    """The resources server failed (5xx, unreachable, not JSON where JSON is due): the episode aborts (env_error)."""
 
 
 class Remote(Environment):

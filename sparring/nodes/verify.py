@@ -1,4 +1,5 @@
-"""verify: score the final state once, for completed and truncated episodes."""
+"""verify: score the final state once, for completed and truncated episodes; then the environment releases
+what it held for the episode (every episode that reaches the end of the graph passes here)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from sparring.nodes.outcome import ended
 async def verify(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """The reward and its components; aborted episodes keep reward None (they are not scored)."""
     update: dict[str, Any] = {"reward": None, "reward_components": {}, "env_result": {}}
-    if state.get("status") != "aborted":
-        try:
-            verdict = await deps.env.verify(state["env_state"], state["messages"])
-        except Exception as exc:
-            update.update(ended("aborted", "env_error", exc))
-        else:
-            update.update(reward=verdict.reward, reward_components=verdict.components, env_result=verdict.result)
+    try:
+        if state.get("status") != "aborted":
+            try:
+                verdict = await deps.env.verify(state["env_state"], state["messages"])
+            except Exception as exc:
+                update.update(ended("aborted", "env_error", exc))
+            else:
+                update.update(reward=verdict.reward, reward_components=verdict.components, env_result=verdict.result)
+    finally:
+        await deps.env.close_episode(state["episode_id"])  # the episode is over, however it ended
     deps.clients.release(state["episode_id"])  # no more model calls: free its replica pins
     update["wall_s"] = time.time() - state["started_at"]
     return update
