@@ -59,16 +59,18 @@ class Engine:
         env: str = "tictactoe",
         environments: Mapping[str, Environment] | None = None,
         max_clients: int = 32,
+        clients: ClientPool | None = None,
     ) -> None:
         """`settings`: one EpisodeSettings for every environment, or a function of the environment's name
         (`engine.settings.resolve_settings` resolves them as the CLI does); default: EpisodeSettings().
-        `env` plays tasks that name none. `environments` are objects to use instead of the registry's."""
+        `env` plays tasks that name none. `environments` are objects to use instead of the registry's;
+        `clients` a pool of one's own (env-serve's, whose policy is an outside client)."""
         self.default_env = env
         self._settings_source = settings if settings is not None else EpisodeSettings()
         self._settings: dict[str, EpisodeSettings] = {}
         self._environments = dict(environments or {})
         self._graphs: dict[str, tuple[CompiledStateGraph, EpisodeDeps]] = {}
-        self.clients = ClientPool(max_clients)
+        self.clients = clients if clients is not None else ClientPool(max_clients)
 
     def settings_for(self, env: str, overrides: Mapping[str, Any] | None = None) -> EpisodeSettings:
         """The settings episodes of `env` run with, with a caller's overrides applied (checked by the same rules)."""
