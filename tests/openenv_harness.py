@@ -11,6 +11,7 @@ sleeps or polls.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -35,8 +36,11 @@ def openenv_python() -> str:
     return python
 
 
+PORT_LINE = re.compile(r"^PORT (\d+)$|listening on http://[^ ]+:(\d+) ")
+
+
 class Process:
-    """A server subprocess that prints `PORT <n>` when it listens."""
+    """A server subprocess that prints its port when it listens (`PORT <n>`, or `sparring env-serve`'s line)."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
@@ -55,10 +59,11 @@ class Process:
         if self._port is None:
             assert self.process.stdout is not None
             line = self.process.stdout.readline()
-            if not line.startswith("PORT "):
+            found = PORT_LINE.search(line.strip())
+            if found is None:
                 self.process.kill()
                 raise RuntimeError(f"server {self.process.args} exited or said {line!r} instead of its port")
-            self._port = int(line.split()[1])
+            self._port = int(found.group(1) or found.group(2))
             with urllib.request.urlopen(f"http://127.0.0.1:{self._port}/health", timeout=STARTUP_S) as reply:
                 assert reply.status == 200
         return f"http://127.0.0.1:{self._port}"
