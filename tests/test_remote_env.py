@@ -132,7 +132,7 @@ def row(target: int, start: int = 0, **extra: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def episodes(policy: Any, *, env_url: str | None) -> AsyncIterator[Any]:
+async def episodes(policy: Any, *, env_url: str | None, allow: tuple[str, ...] = ()) -> AsyncIterator[Any]:
     """`play(task)` runs one remote episode against the scripted model server."""
     user = Script([Say("###STOP###")])
     async with FakeModelServer({"policy": policy, "user": user}) as models:
@@ -141,6 +141,7 @@ async def episodes(policy: Any, *, env_url: str | None) -> AsyncIterator[Any]:
             user_base_urls=[models.base_url],
             request_timeout_s=5.0,
             env_url=env_url,
+            allow_env_urls=list(allow),
             **Remote.settings,
         )
         engine = Engine(config, env="remote")
@@ -174,13 +175,25 @@ async def test_a_nemo_gym_row_plays_through_the_graph_and_the_server_scores_it(c
     assert verify["response"]["output"][1]["output"] == '{"count":2}'
 
 
-async def test_a_wrong_count_scores_zero_and_a_task_env_url_wins_over_the_setting(counter) -> None:
+async def test_a_wrong_count_scores_zero_and_a_task_env_url_picks_an_allowed_server(counter) -> None:
     _, url = counter
     policy = Script([Call("increment", {"amount": 4}), Say("The counter is at 5.")])
-    async with episodes(policy, env_url="http://127.0.0.1:9/unused") as play:
+    async with episodes(policy, env_url="http://127.0.0.1:9/unused", allow=(url + "/",)) as play:
         record = await play({**row(target=5), "env_url": url})
     assert (record["status"], record["reward"]) == ("completed", 0.0)
     assert record["env_result"] == {"final_count": 4}
+
+
+async def test_a_task_env_url_the_operator_did_not_allow_is_refused_before_anything_is_sent(counter) -> None:
+    resources, url = counter
+    before = len(resources.log)
+    async with episodes(Script([Say("hi")]), env_url=None) as play:
+        record = await play({**row(target=1), "env_url": url})
+    assert (record["status"], record["stop_reason"], record["num_policy_calls"]) == ("aborted", "invalid_task", 0)
+    assert record["error"]["message"] == (
+        "env_url: not a server this run may contact; its operator allows them with --env-url and --allow-env-url"
+    )
+    assert len(resources.log) == before, "the server heard nothing"
 
 
 async def test_bad_arguments_are_tool_errors_from_our_schema_or_the_server_and_the_episode_goes_on(counter) -> None:
@@ -223,7 +236,7 @@ async def test_a_server_failure_aborts_the_episode_with_the_error(counter) -> No
 
 
 async def test_no_server_unreachable_server_and_bad_tools_end_the_episode_with_a_clear_error(counter) -> None:
-    async with episodes(Script([Say("hi")]), env_url=None) as play:
+    async with episodes(Script([Say("hi")]), env_url=None, allow=("http://127.0.0.1:9", counter[1])) as play:
         missing = await play(row(target=1))
         unreachable = await play({**row(target=1), "env_url": "http://127.0.0.1:9"})
         reserved = row(target=1)
@@ -231,7 +244,9 @@ async def test_no_server_unreachable_server_and_bad_tools_end_the_episode_with_a
         bad_tool = await play({**reserved, "env_url": counter[1]})
     assert (missing["status"], missing["stop_reason"]) == ("aborted", "invalid_task")
     assert "--env-url" in missing["error"]["message"] and "SPARRING_ENV_URL" in missing["error"]["message"]
+    assert (unreachable["status"], unreachable["stop_reason"]) == ("aborted", "env_error"), "the task was fine"
     assert "127.0.0.1:9/seed_session" in unreachable["error"]["message"]
+    assert (bad_tool["status"], bad_tool["stop_reason"]) == ("aborted", "invalid_task")
     assert "tools[0].name" in bad_tool["error"]["message"] and "own endpoints" in bad_tool["error"]["message"]
 
 

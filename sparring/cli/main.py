@@ -10,7 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparring.cli import collect, export, fake_model, gateway, graph, models, run, serve, show, tasks, verify
+from sparring.cli import (
+    collect,
+    env_serve,
+    export,
+    fake_model,
+    gateway,
+    graph,
+    models,
+    run,
+    serve,
+    show,
+    tasks,
+    verify,
+)
 from sparring.core.errors import InputError, UsageError
 
 
@@ -20,7 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="sparring", description="Multi-turn RL rollouts on one LangGraph graph, with exact token data."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (run, graph, show, collect, export, models, fake_model, serve, gateway, tasks, verify):
+    for command in (run, graph, show, collect, export, models, fake_model, serve, gateway, env_serve, tasks, verify):
         command.register(sub)
     return parser
 

@@ -36,7 +36,15 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env-url",
         metavar="URL",
-        help="resources server of the 'remote' environment (default: $SPARRING_ENV_URL; a task's env_url wins)",
+        help="server of the 'remote' (NeMo Gym resources server) or 'openenv' (OpenEnv server) environment "
+        "(default: $SPARRING_ENV_URL)",
+    )
+    parser.add_argument(
+        "--allow-env-url",
+        action="append",
+        metavar="URL",
+        help="a server a task's own env_url may name besides --env-url (repeatable; default "
+        "$SPARRING_ALLOW_ENV_URLS, comma-separated); a task naming any other ends invalid_task, nothing sent",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-turns", type=int)
@@ -70,6 +78,7 @@ FLAG_OF_SETTING = {
     "policy_base_urls": "--policy-base-url",
     "user_base_urls": "--user-base-url",
     "judge_base_urls": "--judge-base-url",
+    "allow_env_urls": "--allow-env-url",
 }
 _FLAG_SETTINGS = (
     "max_turns",
@@ -103,6 +112,8 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
             explicit[name] = value
     if getattr(args, "user_stop_token", None):
         explicit["user_stop_tokens"] = args.user_stop_token
+    if getattr(args, "allow_env_url", None):
+        explicit["allow_env_urls"] = args.allow_env_url
     return explicit
 
 

@@ -4,7 +4,7 @@ Catch `SparringError` for anything sparring raises on purpose. Two branches are 
 fix and make the CLI exit 2 without a traceback: `UsageError` (a setting, a flag, a path) and
 `InputError` (a task, record or row in a file, named by file, line and field). Everything else is
 either a failure of something sparring talks to (`SparringModelError`: model servers and the local
-model launcher) or a bug, which keeps its traceback.
+model launcher; `EnvServerError`: environment servers) or a bug, which keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ class SeedError(TaskError):
 
 class ReplayError(InputError):
     """A conversation that cannot be replayed into an environment's state (to score it); says which message."""
+
+
+class EnvServerError(SparringError):
+    """An environment's server failed: refused, unreachable, gone mid-episode, or answered what cannot be read.
+
+    The episode ends `aborted` / `env_error` with this message, also when it happens while seeding.
+    """
 
 
 class SparringModelError(SparringError):

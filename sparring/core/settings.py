@@ -42,6 +42,7 @@ class Rule:
     integer: bool = False
     choices: tuple[str, ...] | None = None
     urls: bool = False
+    may_be_empty: bool = False
     nonempty: bool = False
 
     def problem(self, value: Any) -> str | None:
@@ -51,7 +52,7 @@ class Rule:
         if self.choices is not None:
             return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r}"
         if self.urls:
-            return _url_problem(value)
+            return _url_problem(value, self.may_be_empty)
         if self.nonempty and not value:
             return "must not be empty"
         if self.ge is None and self.gt is None and self.le is None and not self.integer:
@@ -76,9 +77,9 @@ class Rule:
         return {k: v for k, v in bounds.items() if v is not None} | ({"allow_inf_nan": False} if bounds else {})
 
 
-def _url_problem(value: Any) -> str | None:
+def _url_problem(value: Any, may_be_empty: bool = False) -> str | None:
     urls = [value] if isinstance(value, str) else value
-    if not isinstance(urls, Sequence) or not urls:
+    if not isinstance(urls, Sequence) or not (urls or may_be_empty):
         return "needs at least one URL"
     for url in urls:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -114,6 +115,7 @@ RULES: dict[str, Rule] = {
     "max_connections": POSITIVE_COUNT,
     "token_mode": Rule(choices=TOKEN_MODES),
     "env_url": Rule(urls=True),
+    "allow_env_urls": Rule(urls=True, may_be_empty=True),
 }
 
 
@@ -189,7 +191,14 @@ class EpisodeSettings:
         None, "Local folder with the policy model's tokenizer and chat template (needed for tito)."
     )
     env_url: str | None = _setting(
-        None, "Base URL of a NeMo Gym-shaped resources server (env 'remote'); a task's own env_url wins."
+        None,
+        "Base URL of the environment's server (env 'remote': a NeMo Gym resources server; 'openenv': an "
+        "OpenEnv server); a task may name another only if it is in allow_env_urls.",
+    )
+    allow_env_urls: list[str] = _setting(
+        [],
+        "Servers a task's own env_url may name besides env_url; a task naming any other is refused "
+        "(invalid_task) before anything is sent to it.",
     )
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ notebooks all play through an Engine.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,16 +59,18 @@ class Engine:
         env: str = "tictactoe",
         environments: Mapping[str, Environment] | None = None,
         max_clients: int = 32,
+        clients: ClientPool | None = None,
     ) -> None:
         """`settings`: one EpisodeSettings for every environment, or a function of the environment's name
         (`engine.settings.resolve_settings` resolves them as the CLI does); default: EpisodeSettings().
-        `env` plays tasks that name none. `environments` are objects to use instead of the registry's."""
+        `env` plays tasks that name none. `environments` are objects to use instead of the registry's;
+        `clients` a pool of one's own (env-serve's, whose policy is an outside client)."""
         self.default_env = env
         self._settings_source = settings if settings is not None else EpisodeSettings()
         self._settings: dict[str, EpisodeSettings] = {}
         self._environments = dict(environments or {})
         self._graphs: dict[str, tuple[CompiledStateGraph, EpisodeDeps]] = {}
-        self.clients = ClientPool(max_clients)
+        self.clients = clients if clients is not None else ClientPool(max_clients)
 
     def settings_for(self, env: str, overrides: Mapping[str, Any] | None = None) -> EpisodeSettings:
         """The settings episodes of `env` run with, with a caller's overrides applied (checked by the same rules)."""
@@ -145,6 +148,9 @@ class Engine:
             return aborted("internal_error", exc)
         finally:
             self.clients.release(episode_id)
+            # The verify node released the episode's environment resources, unless the graph crashed or was
+            # cancelled before it; shielded, so a cancelled episode still lets go of a server's session.
+            await asyncio.shield(self.environment(env).close_episode(episode_id))
         return build_record(state, env=env, episode_id=episode_id, task_index=task_index, repeat_index=repeat_index)
 
     def record(self, state: dict[str, Any], *, env: str | None = None) -> dict[str, Any]:

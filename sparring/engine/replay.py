@@ -10,6 +10,7 @@ reply) is taken from the result, or refused with a `ReplayError` naming the mess
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +22,13 @@ from sparring.envs.base import Environment, Verdict
 from sparring.tools.validation import ToolArgumentError, parse_arguments
 
 
-async def replay(env: Environment, task: dict[str, Any], messages: Sequence[BaseMessage]) -> Any:
-    """The environment's state after the conversation's tool calls and results, from the task's seed."""
+async def replay(env: Environment, task: dict[str, Any], messages: Sequence[BaseMessage], episode_id: str) -> Any:
+    """The environment's state after the conversation's tool calls and results, from the task's seed.
+
+    The replay is an episode of its own (`open_episode`): the caller closes it (`close_episode`).
+    """
     try:
-        state = await env.seed(task)
+        state = await env.open_episode(task, episode_id)
     except SeedError as exc:
         raise ReplayError(f"task: {exc}") from None
     for index, message in enumerate(messages):
@@ -51,5 +55,10 @@ async def score(
     env: Environment, task: dict[str, Any], messages: Sequence[BaseMessage], env_state: Any | None = None
 ) -> Verdict:
     """The verdict on the conversation: on `env_state` when the caller kept it, else on the replayed state."""
-    state = env_state if env_state is not None else await replay(env, task, messages)
-    return await env.verify(state, messages)
+    if env_state is not None:
+        return await env.verify(env_state, messages)
+    episode_id = f"replay-{uuid.uuid4().hex}"
+    try:
+        return await env.verify(await replay(env, task, messages, episode_id), messages)
+    finally:
+        await env.close_episode(episode_id)

@@ -85,6 +85,9 @@ def resolve_settings(
         env_url = environ.get("SPARRING_ENV_URL") or None
     if env_url is not None:
         changes["env_url"] = env_url
+    allowed = explicit.pop("allow_env_urls", None) or _split(environ.get("SPARRING_ALLOW_ENV_URLS", ""))
+    if allowed:
+        changes["allow_env_urls"] = list(allowed)
     changes.update({name: value for name, value in explicit.items() if value is not None})
     try:
         return replace(default_settings(env), **changes)

@@ -14,6 +14,10 @@ it), a turn ends when its actor replies in words. Override what differs:
 - `settle_user_turn(state)` when the environment must finish what a user left undone before the
   policy acts (tic-tac-toe: a user that could not move).
 - `aclose()` for resources pooled across episodes (remote: its HTTP session).
+- `open_episode(task, episode_id)` and `close_episode(episode_id)` when an episode holds something
+  that cannot live in its JSON state (openenv: the server's WebSocket session): keep it in a table
+  keyed by the episode id, keep only the key in the state, and release it in `close_episode`, which
+  is called once the episode is over however it ended (verified, aborted, crashed or cancelled).
 - `follow_result(state, result)` when scoring a conversation that ran elsewhere (a NeMo Gym rollout,
   an agent behind the gateway) must read more from a tool result than the replayed call gives.
 - `attribution_rules(task, state)` to add the environment's own checks of who made an episode fail
@@ -84,6 +88,17 @@ class Environment:
     async def seed(self, task: dict[str, Any]) -> Any:
         """A fresh episode state from the task's seed data; `SeedError` for a seed that cannot be played."""
         return dict(task.get("env_seed") or {})
+
+    async def open_episode(self, task: dict[str, Any], episode_id: str) -> Any:
+        """The state episode `episode_id` starts from; by default `seed(task)`, which holds nothing outside it.
+
+        Raise `SeedError` for a task that cannot be played (invalid_task), `EnvServerError` for a server
+        that cannot start it (env_error).
+        """
+        return await self.seed(task)
+
+    async def close_episode(self, episode_id: str) -> None:
+        """Release what `open_episode` holds for `episode_id`; idempotent, and never raises."""
 
     def is_done(self, state: Any) -> bool:
         """Whether the episode has reached its natural end (asked after every tool step)."""

@@ -13,6 +13,7 @@ from sparring.envs.base import Environment
 
 _PATHS: dict[str, str] = {
     "calendar": "sparring.envs.calendar:Calendar",
+    "openenv": "sparring.envs.openenv:OpenEnv",
     "remote": "sparring.envs.remote:Remote",
     "support-desk": "sparring.envs.support_desk:SupportDesk",
     "tictactoe": "sparring.envs.tictactoe:TicTacToe",

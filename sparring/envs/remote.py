@@ -6,9 +6,10 @@ output items). The server keeps its per-episode state behind a session cookie, w
 episode's state (JSON-able, visible in Studio) and goes with every request of that episode. The
 HTTP session is shared and pooled across episodes, with no cookie jar, so episodes never mix cookies.
 
-The server comes from the task's `env_url`, else the run's `env_url` setting (`--env-url`,
-`SPARRING_ENV_URL`, Studio). The tools come from the row (`responses_create_params.tools`), so an
-existing NeMo Gym environment runs through sparring's graph with no new code.
+The server comes from the run's `env_url` setting (`--env-url`, `SPARRING_ENV_URL`, Studio), or the
+task's own `env_url` when it names one the operator allowed (`--allow-env-url`, core/outbound.py).
+The tools come from the row (`responses_create_params.tools`), so an existing NeMo Gym environment
+runs through sparring's graph with no new code.
 """
 
 from __future__ import annotations
@@ -23,21 +24,20 @@ from typing import Any, ClassVar
 import orjson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from sparring.core.errors import SeedError
+from sparring.core.errors import EnvServerError, SeedError
 from sparring.core.messages import raw_tool_calls
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.models.transport import Transport
-from sparring.tools.specs import ToolResult, ToolSpec
+from sparring.tools.specs import StateToolSpecs, ToolResult, ToolSpec
 
 STOP_TOKEN = "###STOP###"
 USER_PERSONA = f"The assistant has finished your task. Reply with only {STOP_TOKEN}."
 RESERVED = frozenset({"seed_session", "verify", "close_session", "aggregate_metrics", "sandbox_access", "mcp"})
-MAX_TOOL_SETS = 1024
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-class RemoteServerError(RuntimeError):
-    """The resources server failed (5xx, unreachable, not JSON where JSON is due): the episode aborts."""
+class RemoteServerError(EnvServerError):
+    """The resources server failed (5xx, unreachable, not JSON where JSON is due): the episode aborts (env_error)."""
 
 
 class Remote(Environment):
@@ -52,27 +52,13 @@ class Remote(Environment):
     def __init__(self, timeout_s: float = 60.0) -> None:
         # Tool calls change the server's state: a failed one is never sent again (no retries).
         self._transport = Transport(timeout_s=timeout_s, max_retries=0, unavailable=RemoteServerError)
-        self._specs: dict[bytes, tuple[ToolSpec, ...]] = {}
-        self._seen: dict[int, tuple[list[dict[str, Any]], tuple[ToolSpec, ...]]] = {}
+        self._specs = StateToolSpecs()
 
     def episode_tools(self, state: dict[str, Any], actor: Actor) -> Sequence[ToolSpec]:
         """The row's tools, for the policy only."""
         if actor != "policy" or not state or not state.get("tools"):
             return ()
-        tools = state["tools"]
-        seen = self._seen.get(id(tools))  # the same list object across an episode's calls: no dump needed
-        if seen is not None and seen[0] is tools:
-            return seen[1]
-        key = orjson.dumps(tools)
-        specs = self._specs.get(key)
-        if specs is None:
-            if len(self._specs) >= MAX_TOOL_SETS:
-                self._specs.clear()
-            specs = self._specs[key] = tuple(_spec(tool) for tool in tools)
-        if len(self._seen) >= MAX_TOOL_SETS:
-            self._seen.clear()
-        self._seen[id(tools)] = (tools, specs)
-        return specs
+        return self._specs.of(state["tools"])
 
     def user_persona(self, task: dict[str, Any]) -> str:
         """The row's request is already made: the simulated user only ends the episode."""
@@ -211,12 +197,3 @@ def _wire_tool(tool: Any, index: int) -> dict[str, Any]:
     if not isinstance(flat.get("parameters", {}), dict):
         raise SeedError(f"{where}.parameters: must be a JSON schema object")
     return {"type": "function", **flat}
-
-
-def _spec(tool: dict[str, Any]) -> ToolSpec:
-    return ToolSpec(
-        name=tool["name"],
-        description=tool.get("description") or "",
-        parameters=tool.get("parameters") or {"type": "object", "properties": {}},
-        strict=bool(tool.get("strict", False)),
-    )

@@ -1,4 +1,4 @@
-"""The one HTTP transport: what the model client, the gateway's upstream and the remote environment share.
+"""The one HTTP transport: what the model client, the gateway's upstream, the remote and openenv environments share.
 
 - A pooled aiohttp session per event loop (a CLI run, a test, a server each have their own loop).
 - Request slots: at most `max_connections` requests in flight; a time-out starts when a request is
@@ -9,6 +9,7 @@
 - Retries with exponential backoff on 5xx, connection errors and time-outs, never on 4xx.
 - Errors: when the retries are spent, `unavailable` (the caller's class: `ModelUnavailable` for
   models, the remote environment's own for environments) with the URL and the last failure.
+- WebSockets (`ws_connect`, for OpenEnv's stateful sessions) on the same per-loop session.
 
 The per-call path is hot (thousands of calls a second across episodes): bodies are bytes, headers
 are built once, and nothing here parses JSON.
@@ -91,8 +92,9 @@ class Transport:
         self.unavailable = unavailable
         self.latency = LatencyHistogram()  # answered requests only, retries and backoff included
         self.headers = {"Content-Type": "application/json"}
+        self._ws_headers: dict[str, str] = {}
         if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+            self.headers["Authorization"] = self._ws_headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -239,6 +241,22 @@ class Transport:
         base = replica or (self.replica(key) if self.replicas is not None else "")
         async with self.session().get(base.rstrip("/") + path, headers=self.headers, timeout=self._timeout) as reply:
             return reply.status, await reply.read()
+
+    async def ws_connect(self, url: str, *, max_msg_size: int) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket on the running loop's pooled session (an OpenEnv episode's session), no retries.
+
+        The handshake is bounded by the transport's time-out; pings from the server are answered. A
+        connection failure raises `unavailable` with the URL.
+        """
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.session().ws_connect(
+                    url, headers=self._ws_headers, heartbeat=None, autoping=True, max_msg_size=max_msg_size
+                )
+        except TimeoutError:
+            raise self.unavailable(f"{url}: no WebSocket handshake within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise self.unavailable(f"{url}: cannot open a WebSocket: {type(exc).__name__}: {exc}") from None
 
     def _started(self, replica: str | None) -> None:
         if replica is not None and self.replicas is not None:

@@ -8,9 +8,10 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from sparring.core.errors import TaskError
+from sparring.core.errors import EnvServerError, TaskError
 from sparring.core.ids import new_episode_id
 from sparring.core.messages import from_wire
+from sparring.core.outbound import task_env_url
 from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeState, Limits
 from sparring.core.task import parse_task
@@ -19,7 +20,8 @@ from sparring.nodes.outcome import ended
 
 
 async def seed(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
-    """Start the episode; a task or seed that cannot be played ends it at once as aborted (invalid_task)."""
+    """Start the episode; a task or seed that cannot be played ends it at once as aborted (invalid_task), and
+    an environment server that cannot start it as aborted (env_error)."""
     settings = runtime.context
     base: dict[str, Any] = {
         "episode_id": state.get("episode_id") or new_episode_id(),  # runs from Studio bring only a task
@@ -45,12 +47,18 @@ async def seed(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
         task = parse_task(state["task"])  # every face, Studio included, refuses the same tasks
     except TaskError as exc:
         return {**base, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
-    if settings.env_url and not task.get("env_url"):
-        task = {**task, "env_url": settings.env_url}
+    try:  # a task may only pick one of the servers the operator allowed (core/outbound.py)
+        env_url = task_env_url(task.get("env_url"), settings.env_url, settings.allow_env_urls)
+    except TaskError as exc:
+        return {**base, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
+    if env_url:
+        task = {**task, "env_url": env_url}
     base["limits"] = resolve_limits(settings, task)
     base["sampling"] = {"policy": settings.sampling("policy", task.get("sampling")), "user": settings.sampling("user")}
     try:
-        env_state = await deps.env.seed(task)
+        env_state = await deps.env.open_episode(task, base["episode_id"])
+    except EnvServerError as exc:  # the task is fine, its server is not: worth a retry
+        return {**base, "turn_start": 0, **ended("aborted", "env_error", exc)}
     except Exception as exc:
         return {**base, "turn_start": 0, **ended("aborted", "invalid_task", exc)}
     opening = [dict(m) for m in task.get("messages") or deps.env.default_messages()]

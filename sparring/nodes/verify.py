@@ -1,4 +1,6 @@
-"""verify: score the final state once, for completed and truncated episodes, and say who made it fail.
+"""verify: score the final state once, for completed and truncated episodes, say who made it fail,
+and let the environment release what it held for the episode (every episode that reaches the end of
+the graph passes here).
 
 Every episode, aborted ones included, gets its `attribution` here (core/attribution.py): the rule
 checks plus the environment's own (`Environment.attribution_rules`), then, where the rules leave the
@@ -36,13 +38,16 @@ from sparring.nodes.outcome import ended
 async def verify(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """The reward and its components, then the attribution; aborted episodes keep reward None (not scored)."""
     update: dict[str, Any] = {"reward": None, "reward_components": {}, "env_result": {}}
-    if state.get("status") != "aborted":
-        try:
-            scored = await deps.env.verify(state["env_state"], state["messages"])
-        except Exception as exc:
-            update.update(ended("aborted", "env_error", exc))
-        else:
-            update.update(reward=scored.reward, reward_components=scored.components, env_result=scored.result)
+    try:
+        if state.get("status") != "aborted":
+            try:
+                verdict = await deps.env.verify(state["env_state"], state["messages"])
+            except Exception as exc:
+                update.update(ended("aborted", "env_error", exc))
+            else:
+                update.update(reward=verdict.reward, reward_components=verdict.components, env_result=verdict.result)
+    finally:
+        await deps.env.close_episode(state["episode_id"])  # the episode is over, however it ended
     update["attribution"] = await attribution_of({**state, **update}, runtime.context, deps)
     deps.clients.release(state["episode_id"])  # no more model calls: free its replica pins
     update["wall_s"] = time.time() - state["started_at"]
