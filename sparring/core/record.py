@@ -9,6 +9,7 @@ from langchain_core.messages import BaseMessage
 
 from sparring.core.ledger import materialize
 from sparring.core.messages import to_wire
+from sparring.core.versions import episode_versions
 
 _ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
 
@@ -23,7 +24,11 @@ def message_record(message: BaseMessage) -> dict[str, Any]:
 def build_record(
     state: dict[str, Any], *, env: str, episode_id: str, task_index: int | None = None, repeat_index: int = 0
 ) -> dict[str, Any]:
-    """The record design.md specifies, from an episode's final state."""
+    """The record design.md specifies, from an episode's final state.
+
+    `weight_versions` sums up the versions of the policy's tokens (core/versions.py): None when no call
+    reported any.
+    """
     ledger = materialize(state.get("ledger") or ())
     return {
         "id": episode_id,
@@ -46,6 +51,9 @@ def build_record(
             "prefix_mismatches": ledger["prefix_mismatches"],
             "calls": ledger["calls"],
         },
+        "weight_versions": episode_versions(
+            (c["weight_versions"] for c in ledger["calls"]), state.get("weight_version")
+        ),
         "usage": {
             role: (state.get("usage") or {}).get(role, {"prompt_tokens": 0, "completion_tokens": 0})
             for role in ("policy", "user")

@@ -93,6 +93,7 @@ class EpisodeState(TypedDict, total=False):
     reward: float | None
     reward_components: dict[str, float]
     env_result: dict[str, Any]
+    weight_version: str | None  # the policy's weight version sparring was told when the episode ended
     # Set by a person while the run is paused before `user` (Studio); the user node plays it instead of
     # calling the user model, and clears it. Text, or a HumanTurn with tool calls.
     human_turn: str | HumanTurn | None

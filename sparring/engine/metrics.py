@@ -10,7 +10,10 @@ Definitions (aborted episodes have no reward and are left out of every reward fi
 - `mean@k`: the mean over groups of the group's mean reward, k being the group size;
 - `pass@k`: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k) per group with n
   scored repeats of which c reached `pass_threshold`, averaged over groups with n >= k; reported for
-  k = 1, 2, 4, ... up to the largest group.
+  k = 1, 2, 4, ... up to the largest group;
+- `staleness`: per episode, the current weight version when it ended minus the oldest version its
+  policy tokens carry (core/versions.py), as a histogram; episodes whose staleness is unknown (labels
+  that are not numbers) and episodes without versions (a server that reports none) are counted apart.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class MetricsAccumulator:
     prefix_mismatches: int = 0
     episodes_with_mismatches: int = 0
     episode_wall_s: list[float] = field(default_factory=list)
+    staleness: Counter[int] = field(default_factory=Counter)
+    staleness_unknown: int = 0
+    without_versions: int = 0
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one finished episode."""
@@ -71,6 +77,13 @@ class MetricsAccumulator:
         self.prefix_mismatches += mismatches
         self.episodes_with_mismatches += mismatches > 0
         self.episode_wall_s.append(float((record.get("timing") or {}).get("wall_s") or 0.0))
+        versions = record.get("weight_versions")
+        if not versions:
+            self.without_versions += 1
+        elif versions.get("staleness") is None:
+            self.staleness_unknown += 1
+        else:
+            self.staleness[int(versions["staleness"])] += 1
 
     @property
     def mean_reward(self) -> float | None:
@@ -103,6 +116,11 @@ class MetricsAccumulator:
             },
             "prefix_mismatches": {"total": self.prefix_mismatches, "episodes": self.episodes_with_mismatches},
             "episode_wall_s": describe(self.episode_wall_s),
+            "staleness": {
+                "histogram": {str(k): n for k, n in sorted(self.staleness.items())},
+                "unknown": self.staleness_unknown,
+                "without_versions": self.without_versions,
+            },
             "wall_s": wall_s,
             "episodes_this_run": ran,
             "episodes_per_s": _ratio(ran, wall_s),

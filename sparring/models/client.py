@@ -22,7 +22,7 @@ import orjson
 
 from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
-from sparring.core.versions import VersionSpan, spans_from_server
+from sparring.core.versions import VersionSpan, one_version, spans_from_server
 from sparring.models.generation import GenerationControl
 from sparring.models.transport import Reply, Transport
 
@@ -113,10 +113,15 @@ class ModelClient:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
     ) -> Completion:
-        """One chat completion; token ids and logprobs are captured when the endpoint asks for them."""
+        """One chat completion; token ids and logprobs are captured when the endpoint asks for them.
+
+        The chat endpoint reports no weight versions: only a call sent to a LoRA adapter has one, the
+        version the adapter was loaded as.
+        """
         if not self.control.is_open:
             await self.control.wait_open()
-        model = self.control.adapter or self.config.model
+        adapter, version = self.control.adapter, self.control.version
+        model = adapter or self.config.model
         body: dict[str, Any] = {"model": model, "messages": messages, **sampling, **self._capture}
         if tools:
             body["tools"] = tools
@@ -137,6 +142,8 @@ class ModelClient:
         )
         if self.config.capture_tokens:
             self._capture_ids(completion, data, choice)
+            if adapter is not None and version is not None:  # the chat endpoint reports no versions itself
+                completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
         return completion
 
     async def complete_tokens(
@@ -150,17 +157,25 @@ class ModelClient:
         """Token in, token out: the prompt is exact ids, the reply is raw text plus ids, logprobs and versions.
 
         Goes to `/inference/v1/generate` where the episode's replica serves it, else to `/v1/completions`.
+        The versions are the server's spans; a call sent to a LoRA adapter has the version the adapter
+        was loaded as (`control.version`) on every token, whatever the server's labels say.
         Tool calls are not parsed here: in this mode sparring reads them from the text itself.
         `structured_outputs` is vLLM's constraint on the generated text (e.g. a tool call's arguments).
         """
         if not self.control.is_open:
             await self.control.wait_open()
-        model = self.control.adapter or self.config.model
+        adapter, version = self.control.adapter, self.control.version
+        model = adapter or self.config.model
+        completion = None
         if self.scale_out.get(self._replica(episode_id)) is not False:
             completion = await self._generate(prompt_ids, model, episode_id, sampling, structured_outputs)
-            if completion is not None:
-                return completion
-        return await self._complete(prompt_ids, model, episode_id, sampling, structured_outputs)
+        if completion is None:
+            completion = await self._complete(prompt_ids, model, episode_id, sampling, structured_outputs)
+        if adapter is not None and version is not None:
+            # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter
+            # it started on across a swap, so the adapter sparring sent it to says which weights sampled it
+            completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
+        return completion
 
     async def render(
         self,

@@ -106,6 +106,7 @@ def record_completion(state: EpisodeState, completion: Completion, current: list
             completion.completion_logprobs or [],
             completion.finish_reason,
             current,
+            weight_versions=completion.weight_versions,
         )
         metadata["token_span"] = call_span(entry)
         update["ledger"] = [entry]

@@ -24,5 +24,6 @@ async def verify(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
         else:
             update.update(reward=verdict.reward, reward_components=verdict.components, env_result=verdict.result)
     deps.clients.release(state["episode_id"])  # no more model calls: free its replica pins
+    update["weight_version"] = deps.clients.clients(runtime.context)[0].control.version  # staleness is measured to it
     update["wall_s"] = time.time() - state["started_at"]
     return update
