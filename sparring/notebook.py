@@ -4,8 +4,8 @@ The notebooks in `notebooks/` are thin faces over `build_graph` and `run_episode
 decides where the models are, so one notebook runs in CI against the scripted server and on a
 researcher's machine against real models:
 
-- scripted (the default): a `FakeModelServer` started in the notebook's own event loop, with its
-  tokenizer known, so token mode is tito as with `sparring models up`;
+- scripted (the default): a `FakeModelServer` started in the notebook's own event loop, in token
+  mode tito (it renders prompts itself, as vLLM does with `--enable-scale-out`);
 - real, when `SPARRING_NOTEBOOK_MODEL=real` or `SPARRING_POLICY_BASE_URL` is set: endpoints resolved
   exactly as `sparring run` resolves them (`SPARRING_*` variables, then `sparring models up`).
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.settings import default_settings, resolve_settings
-from sparring.models.tito import FAKE_TOKENIZER_PREFIX
 from sparring.testing import FakeModelServer
 from sparring.testing.responders import tictactoe_players
+from sparring.testing.tokenizer import FakeTokenizer
 from sparring.views.html import rollout_page
-from sparring.views.show import token_decoder
+from sparring.views.show import Decoder, token_decoder
 
 MODEL_VARIABLE = "SPARRING_NOTEBOOK_MODEL"
 """`real` runs the notebooks on real model servers; anything else (or unset) on the scripted one."""
@@ -52,6 +52,13 @@ class NotebookModels:
             f"user {self.settings.user_model} at {', '.join(self.settings.user_base_urls)}{mode}"
         )
 
+    @property
+    def tokenizer(self) -> str | Decoder | None:
+        """What decodes token ids for display: the scripted server's tokenizer, else the policy's folder or server."""
+        if self.server is not None:
+            return FakeTokenizer(self.server.template)
+        return self.settings.policy_tokenizer or self.settings.policy_base_urls[0]
+
     async def close(self) -> None:
         """Stop the scripted server, if this notebook started one."""
         if self.server is not None:
@@ -74,18 +81,17 @@ async def open_models(env_name: str, responders: Mapping[str, Any] | None = None
         policy_base_urls=[server.base_url],
         user_base_urls=[server.base_url],
         request_timeout_s=30.0,
-        policy_tokenizer=FAKE_TOKENIZER_PREFIX + server.template,  # tito, as on real models from `models up`
+        token_mode="tito",  # exact ids, as on real models from `models up`
     )
     return NotebookModels(config, server)
 
 
-def rollout_frame(record: Mapping[str, Any], config: EpisodeSettings, height: int = 720) -> str:
+def rollout_frame(record: Mapping[str, Any], models: NotebookModels, height: int = 720) -> str:
     """The page `sparring show --html` writes for this record, framed so its styles stay out of the notebook.
 
-    Token text is decoded with the policy's tokenizer (`config.policy_tokenizer`) for display only; without
-    one the page shows the ids.
+    Token text is decoded for display only, by `models.tokenizer`.
     """
-    page = rollout_page(dict(record), token_decoder(config.policy_tokenizer))
+    page = rollout_page(dict(record), token_decoder(models.tokenizer))
     return (  # wrapped in a div: IPython's HTML() warns about a bare iframe
         f'<div><iframe srcdoc="{html.escape(page, quote=True)}" title="rollout {html.escape(str(record.get("id")))}" '
         f'style="width: 100%; height: {height}px; border: 1px solid #ddd"></iframe></div>'

@@ -268,11 +268,11 @@ async def test_a_history_rewriting_template_splits_the_ledger_and_counts_the_mis
 async def test_token_in_token_out_keeps_one_segment_even_with_a_rewriting_template(make_harness) -> None:
     players = {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
     async with make_harness(players, template="rewriting") as h:
-        record = await h.play(token_mode="tito", policy_tokenizer="sparring-fake:rewriting")
+        record = await h.play(token_mode="tito")  # the server renders, with its rewriting template
         assert (record["status"], record["reward"]) == ("completed", 1.0)
         assert len(record["trajectory"]["segments"]) == 1 and record["trajectory"]["prefix_mismatches"] == 0
-        assert {r["path"] for r in h.requests("policy")} == {"/v1/completions"}
-        prompts = [r["body"]["prompt"] for r in h.requests("policy")]
+        assert {r["path"] for r in h.requests("policy")} == {"/inference/v1/generate"}
+        prompts = [r["body"]["token_ids"] for r in h.requests("policy")]
         for earlier, later in itertools.pairwise(prompts):
             assert later[: len(earlier)] == earlier
 
@@ -281,7 +281,7 @@ async def test_tito_parses_bare_json_calls_and_reports_bad_ones(make_harness) ->
     bad = Say('{"name": "make_move", "arguments": {"position": 11}}')
     policy = Script([bad, *moves(4, 0, 2, 6)])
     async with make_harness({"policy": policy, "user": user_moves(8, 1, 3)}) as h:
-        record = await h.play(token_mode="tito", policy_tokenizer="sparring-fake:chatml", max_steps_per_turn=2)
+        record = await h.play(token_mode="tito", max_steps_per_turn=2)
         first = tool_results(record)[0]["content"]
         assert "at most 8" in first
         assert record["reward"] == 1.0 and record["trajectory"]["prefix_mismatches"] == 0

@@ -39,7 +39,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], list[str]]] = [
         "tictactoe",
         "tictactoe",
         {"id": "g2", "env_seed": {"initial_moves": [{"position": 0, "mark": "X"}, {"position": 4, "mark": "O"}]}},
-        ["--token-mode", "tito", "--policy-tokenizer", "sparring-fake:chatml"],
+        ["--token-mode", "tito"],  # no local tokenizer: the server renders the prompts
     ),
     (
         "tictactoe-limits-chat",
@@ -179,7 +179,7 @@ async def test_studio_graph_records_match_the_golden_file() -> None:
                 "policy_tokenizer": None,
             }
             if "--token-mode" in options:
-                context |= {"token_mode": options["--token-mode"], "policy_tokenizer": options["--policy-tokenizer"]}
+                context["token_mode"] = options["--token-mode"]
             if "--max-user-steps-per-turn" in options:
                 context["max_user_steps_per_turn"] = int(options["--max-user-steps-per-turn"])
             defaults = graph.builder.context_schema()

@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from sparring.cli import main
-from sparring.testing import Call, Fail, Say, Script
+from sparring.testing import Call, Fail, FakeModelProcess, Say, Script
 from sparring.testing.responders import tictactoe_players
-from sparring.testing.tokenizer import decode
+from sparring.testing.tokenizer import FakeTokenizer, decode
 from sparring.views.html import rollout_page
 from sparring.views.show import RecordError, load_record, token_decoder
 
@@ -105,6 +105,9 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path, capsys: pytest.Capt
     assert main(["show", str(record), "--html", str(tmp_path / "p.html"), "--tokenizer", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err
     assert "--tokenizer" in err and "no such folder" in err
+    assert main(["show", str(record), "--html", str(tmp_path / "p.html"), "--tokenizer", "http://127.0.0.1:9/v1"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer http://127.0.0.1:9/v1: http://127.0.0.1:9/detokenize did not decode token 0" in err
     assert not (tmp_path / "p.html").exists()
 
 
@@ -130,7 +133,7 @@ async def test_transcript_shows_every_turn_and_the_outcome(record_file: Path, ca
 async def test_page_has_every_message_and_every_token(record_file: Path, tmp_path: Path) -> None:
     for index in range(3):
         record = load_record(record_file, index)
-        page = Page(rollout_page(record, token_decoder("sparring-fake:")))
+        page = Page(rollout_page(record, token_decoder(FakeTokenizer())))
         policy_actors = [m["actor"] for m in record["messages"]]
         assert page.actors[: len(policy_actors)] == policy_actors
         assert len(page.actors) == len(record["messages"]) + len(record["user_messages"])
@@ -167,11 +170,13 @@ async def test_page_escapes_what_models_wrote(record_file: Path) -> None:
     assert "{&quot;position&quot;: 4" in html  # the malformed arguments, exactly as written
 
 
-async def test_cli_writes_the_page(record_file: Path, tmp_path: Path, capsys) -> None:
+async def test_cli_writes_the_page_with_token_text_from_the_server(record_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "episode.html"
-    assert main(["show", str(record_file), "--index", "0", "--html", str(out), "--tokenizer", "sparring-fake:"]) == 0
+    with FakeModelProcess() as server:  # its own process: `show` asks its /detokenize synchronously
+        assert main(["show", str(record_file), "--html", str(out), "--tokenizer", server.base_url]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     html = out.read_text(encoding="utf-8")
+    assert html == rollout_page(load_record(record_file, 0), token_decoder(FakeTokenizer()))
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not load anything from the network"
 

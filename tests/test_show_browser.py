@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from sparring.cli import main
+from sparring.testing import FakeModelProcess
 from sparring.testing.responders import tictactoe_players
 from sparring.views.show import load_record
 
@@ -171,7 +172,8 @@ async def test_rollout_page_loads_cleanly_and_shows_every_message(
     records = tmp_path / "rollouts.jsonl"
     records.write_bytes(orjson.dumps(record) + b"\n")
     page = tmp_path / "episode.html"
-    assert main(["show", str(records), "--html", str(page), "--tokenizer", "sparring-fake:"]) == 0
+    with FakeModelProcess() as server:  # token text through its /detokenize
+        assert main(["show", str(records), "--html", str(page), "--tokenizer", server.base_url]) == 0
 
     report = await open_page(chromium, page.as_uri(), tmp_path / "profile", SHOW_MESSAGES)
 

@@ -24,7 +24,7 @@ from sparring.testing.responders import O_PREFERENCE
 
 GAMES: dict[str, dict[str, Any]] = {
     "chat": {},
-    "tito": {"token_mode": "tito", "policy_tokenizer": "sparring-fake:chatml"},
+    "tito": {"token_mode": "tito"},
     "rewriting template": {"token_mode": "chat"},
 }
 

@@ -169,12 +169,12 @@ def test_auto_constrains_a_call_only_once_the_model_opens_one_and_none_or_loose_
 
 async def test_tito_policy_calls_carry_the_constraint_and_the_episode_stays_exact(make_harness) -> None:
     async with make_harness(players()) as h:
-        record = await h.play(token_mode="tito", policy_tokenizer="sparring-fake:chatml", **SETTINGS)
+        record = await h.play(token_mode="tito", **SETTINGS)
         bodies = [r["body"] for r in h.requests("policy")]
     assert (record["status"], record["reward"]) == ("completed", 1.0)
     assert record["trajectory"]["prefix_mismatches"] == 0
-    assert bodies and all(r["path"] == "/v1/completions" for r in h.requests("policy"))
-    assert all(structural_tag(body["structured_outputs"])["type"] == "sequence" for body in bodies)
+    assert bodies and all(r["path"] == "/inference/v1/generate" for r in h.requests("policy"))
+    assert all(structural_tag(body["sampling_params"]["structured_outputs"])["type"] == "sequence" for body in bodies)
 
 
 # --- clean user text -------------------------------------------------------------------------------

@@ -37,8 +37,22 @@ def test_ledger_masks_prompt_tails_and_keeps_completion_logprobs() -> None:
     assert segment["logprobs"] == [0.0, 0.0, 0.0, -0.1, -0.2, 0.0, 0.0, -0.3]
     assert ledger["prefix_mismatches"] == 0 and check_invariants(ledger) == []
     assert ledger["calls"] == [
-        {"segment": 0, "prompt_len": 3, "completion_len": 2, "finish_reason": "tool_calls"},
-        {"segment": 0, "prompt_len": 7, "completion_len": 1, "finish_reason": "stop"},
+        {
+            "segment": 0,
+            "prompt_len": 3,
+            "completion_len": 2,
+            "finish_reason": "tool_calls",
+            "weight_versions": None,  # nobody said which weights sampled these
+            "resumed": 0,
+        },
+        {
+            "segment": 0,
+            "prompt_len": 7,
+            "completion_len": 1,
+            "finish_reason": "stop",
+            "weight_versions": None,
+            "resumed": 0,
+        },
     ]
 
 

@@ -63,12 +63,13 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--token-mode",
         choices=["auto", "chat", "tito"],
-        help="tito: exact token-in-token-out (needs the policy tokenizer); default auto",
+        help="tito: exact token-in-token-out (prompts rendered by --policy-tokenizer, else by the server); "
+        "default auto: tito when the policy tokenizer is known, else chat",
     )
     limits.add_argument(
         "--policy-tokenizer",
         metavar="DIR",
-        help="the policy model's local folder (tokenizer + chat template), for tito",
+        help="the policy model's local folder (tokenizer + chat template): tito renders prompts with it",
     )
 
 

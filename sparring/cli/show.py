@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page of the episode")
     parser.add_argument(
         "--tokenizer",
-        metavar="DIR",
-        help="the policy model's local folder, to show token text on the page (sparring-fake: for the "
-        "scripted server); without it the page shows token ids",
+        metavar="DIR|URL",
+        help="the policy model's local folder, or its server's URL (decoded by its /detokenize), to show "
+        "token text on the page; without it the page shows token ids",
     )
     parser.set_defaults(func=cmd_show)
 

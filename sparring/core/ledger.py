@@ -9,6 +9,10 @@ are materialised once, when the record is built.
 
 Each call costs O(its new tokens) plus one C-level prefix comparison against the current segment;
 nothing is re-rendered or re-tokenised, and nothing is spliced.
+
+Each call also keeps the weight versions of its sampled tokens as the server reported them
+(core/versions.py; None when it reported none) and how often it was aborted under it and went on
+(`resumed`: a pause in abort mode; the entry still holds one call, its tokens whole).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from typing_extensions import TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
+
+from sparring.core.versions import VersionSpan
 
 
 class Segment(TypedDict):
@@ -27,12 +33,15 @@ class Segment(TypedDict):
 
 
 class CallSpan(TypedDict):
-    """Where one policy call's prompt and completion sit in the ledger."""
+    """Where one policy call's prompt and completion sit in the ledger (its completion starts at
+    `prompt_len` in its segment), the versions of its completion's tokens, and its resumptions."""
 
     segment: int
     prompt_len: int
     completion_len: int
     finish_reason: str
+    weight_versions: list[VersionSpan] | None
+    resumed: int
 
 
 class LedgerEntry(TypedDict):
@@ -49,6 +58,8 @@ class LedgerEntry(TypedDict):
     completion_ids: list[int]
     completion_logprobs: list[float]
     finish_reason: str
+    weight_versions: list[VersionSpan] | None
+    resumed: int
 
 
 class Ledger(TypedDict):
@@ -81,13 +92,18 @@ def ledger_entry(
     completion_logprobs: list[float],
     finish_reason: str,
     current: list[int] | None = None,
+    *,
+    weight_versions: list[VersionSpan] | None = None,
+    resumed: int = 0,
 ) -> LedgerEntry:
     """The entry one policy call adds; a prompt that does not extend the current segment opens a new one.
 
     The prompt's new tail (tool results, user text, generation prompt) will be masked 0; the sampled
     completion masked 1 with its logprobs. A history the server re-rendered differently is never
     spliced: the entry starts a new segment (counted as a prefix mismatch). `current` is the current
-    segment's ids when the caller has built them already (`segment_ids(entries)`).
+    segment's ids when the caller has built them already (`segment_ids(entries)`). `weight_versions`
+    are the server's spans over the completion (None: it reported none); `resumed` counts the times
+    the call was aborted and went on.
     """
     if len(completion_ids) != len(completion_logprobs):
         raise ValueError(f"{len(completion_ids)} completion ids but {len(completion_logprobs)} logprobs")
@@ -108,16 +124,20 @@ def ledger_entry(
         "completion_ids": list(completion_ids),
         "completion_logprobs": list(completion_logprobs),
         "finish_reason": finish_reason,
+        "weight_versions": weight_versions,
+        "resumed": resumed,
     }
 
 
 def call_span(entry: LedgerEntry) -> CallSpan:
-    """Where the entry's call sits: its segment, prompt length, completion length and finish reason."""
+    """Where the entry's call sits: segment, prompt and completion lengths, finish reason, versions, resumptions."""
     return {
         "segment": entry["segment"],
         "prompt_len": entry["prompt_len"],
         "completion_len": len(entry["completion_ids"]),
         "finish_reason": entry["finish_reason"],
+        "weight_versions": entry.get("weight_versions"),
+        "resumed": entry.get("resumed", 0),
     }
 
 

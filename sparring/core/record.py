@@ -10,6 +10,7 @@ from langchain_core.messages import BaseMessage
 from sparring.core.attribution import DEFAULT_STOP_TOKENS, attribute
 from sparring.core.ledger import materialize
 from sparring.core.messages import to_wire
+from sparring.core.versions import episode_versions
 
 _ACTOR_OF_TYPE = {"ai": "policy", "human": "user", "tool": "env", "system": "env"}
 
@@ -40,6 +41,9 @@ def build_record(
 
     `attribution` is the verify node's verdict; a state that never reached verify (an episode aborted
     outside the graph: a crash, a lost worker, a shutdown) gets the rule checks' verdict here.
+
+    `weight_versions` sums up the versions of the policy's tokens (core/versions.py): None when no call
+    reported any.
     """
     ledger = materialize(state.get("ledger") or ())
     record = {
@@ -63,6 +67,9 @@ def build_record(
             "prefix_mismatches": ledger["prefix_mismatches"],
             "calls": ledger["calls"],
         },
+        "weight_versions": episode_versions(
+            (c["weight_versions"] for c in ledger["calls"]), state.get("weight_version")
+        ),
         "usage": {
             role: (state.get("usage") or {}).get(role, {"prompt_tokens": 0, "completion_tokens": 0})
             for role in ("policy", "user")

@@ -183,12 +183,16 @@ class EpisodeSettings:
     )
     token_mode: Literal["auto", "chat", "tito"] = _setting(
         "auto",
-        "tito: the ledger's ids plus the rendered tail go to /completions (one exact sequence per episode); "
+        "tito: the ledger's ids plus the rendered tail go to vLLM's token endpoint (/inference/v1/generate, "
+        "else /completions): one exact sequence per episode; the tail is rendered by policy_tokenizer, else by "
+        "the server (vLLM 0.32+ with --enable-scale-out); "
         "chat: /chat/completions with the ids read back (a re-rendered history may split segments); "
         "auto: tito when policy_tokenizer is known, else chat.",
     )
     policy_tokenizer: str | None = _setting(
-        None, "Local folder with the policy model's tokenizer and chat template (needed for tito)."
+        None,
+        "Local folder with the policy model's tokenizer and chat template: tito renders prompts with it "
+        "(without it the server renders them).",
     )
     env_url: str | None = _setting(
         None,

@@ -98,6 +98,7 @@ class EpisodeState(TypedDict):
     env_result: NotRequired[dict[str, Any]]
     attribution: NotRequired[Attribution | None]
     """Who made the episode fail, with the reasons (core/attribution.py); set by verify."""
+    weight_version: NotRequired[str | None]  # the policy's weight version sparring was told when the episode ended
     # Set by a person while the run is paused before `user` (Studio); the user node plays it instead of
     # calling the user model, and clears it. Text, or a HumanTurn with tool calls.
     human_turn: NotRequired[str | HumanTurn | None]

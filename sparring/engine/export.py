@@ -26,8 +26,12 @@ the output path: rows go to a temporary file renamed into place only when every 
 the policy did not make fail: they are no outcome of the policy's, so they leave the group statistics
 too, and are counted per label. A record without an attribution cannot be told apart: an error.
 
-Two passes over the input, so memory holds rewards per group and one batch of rows, never the records;
-the second reads exactly the bytes the first checked (a collect appending meanwhile adds nothing).
+Each row carries `weight_versions`: spans `{version, start, end}` over the segment's `token_ids`, one
+per run of a version within each policy call's completion, so a trainer can mask or weight tokens by
+the weights that sampled them. Prompt tokens have no version. A segment none of whose calls reported
+versions has None; tokens no span covers have no known version.
+
+Two passes over the input, so memory holds rewards per group and one batch of rows, never the records.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sparring.core.attribution import LABELS
 from sparring.core.errors import InputError, UsageError
 from sparring.engine.output import check_output_path
+from sparring.core.versions import VersionSpan, append_spans
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -133,10 +138,21 @@ def advantage(reward: float, group: Group, normalize: str) -> float:
     return centred / (group.std + EPSILON) if normalize == "std" else centred
 
 
+def segment_versions(calls: list[dict[str, Any]], segment: int) -> list[VersionSpan] | None:
+    """The version spans of one segment's completions, as offsets into its token ids (a call's completion
+    starts at its `prompt_len`); None when none of its calls reported versions."""
+    spans: list[VersionSpan] | None = None
+    for call in calls:
+        if call.get("segment") == segment and call.get("weight_versions") is not None:
+            spans = append_spans(spans or [], call["weight_versions"], call["prompt_len"])
+    return spans
+
+
 def rows_of(record: dict[str, Any], group: Group, gid: str, normalize: str) -> Iterator[dict[str, Any]]:
     """One row per ledger segment of a scored record."""
     trajectory = record.get("trajectory") or {}
     segments = trajectory.get("segments") or []
+    calls = trajectory.get("calls") or []
     value = advantage(float(record["reward"]), group, normalize)
     for index, segment in enumerate(segments):
         yield {
@@ -152,6 +168,7 @@ def rows_of(record: dict[str, Any], group: Group, gid: str, normalize: str) -> I
             "token_ids": segment["token_ids"],
             "loss_mask": segment["loss_mask"],
             "logprobs": segment["logprobs"],
+            "weight_versions": segment_versions(calls, index),
             "reward": float(record["reward"]),
             "advantage": value,
             "status": record.get("status"),
@@ -393,6 +410,10 @@ def parquet_schema() -> pa.Schema:
             ("token_ids", pa.list_(pa.int32())),
             ("loss_mask", pa.list_(pa.int8())),
             ("logprobs", pa.list_(pa.float64())),
+            (
+                "weight_versions",
+                pa.list_(pa.struct([("version", pa.string()), ("start", pa.int32()), ("end", pa.int32())])),
+            ),
             ("reward", pa.float64()),
             ("advantage", pa.float64()),
             ("status", pa.string()),

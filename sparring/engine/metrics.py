@@ -14,6 +14,9 @@ Definitions (aborted episodes have no reward and are left out of every reward fi
 - `attribution`: per environment, episodes per attribution label (none, agent, user, tool, env;
   `unattributed` for records written before records had one) and, per check, the episodes with at
   least one `fault` reason from it (what made the failures someone else's).
+- `staleness`: per episode, the current weight version when it ended minus the oldest version its
+  policy tokens carry (core/versions.py), as a histogram; episodes whose staleness is unknown (labels
+  that are not numbers) and episodes without versions (a server that reports none) are counted apart.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class MetricsAccumulator:
     episode_wall_s: list[float] = field(default_factory=list)
     labels: dict[str, Counter[str]] = field(default_factory=dict)
     fault_checks: dict[str, Counter[str]] = field(default_factory=dict)
+    staleness: Counter[int] = field(default_factory=Counter)
+    staleness_unknown: int = 0
+    without_versions: int = 0
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Count one finished episode."""
@@ -77,6 +83,13 @@ class MetricsAccumulator:
         self.prefix_mismatches += mismatches
         self.episodes_with_mismatches += mismatches > 0
         self.episode_wall_s.append(float((record.get("timing") or {}).get("wall_s") or 0.0))
+        versions = record.get("weight_versions")
+        if not versions:
+            self.without_versions += 1
+        elif versions.get("staleness") is None:
+            self.staleness_unknown += 1
+        else:
+            self.staleness[int(versions["staleness"])] += 1
 
     def _add_attribution(self, record: Mapping[str, Any]) -> None:
         env = str(record.get("env"))
@@ -117,6 +130,11 @@ class MetricsAccumulator:
             },
             "prefix_mismatches": {"total": self.prefix_mismatches, "episodes": self.episodes_with_mismatches},
             "episode_wall_s": describe(self.episode_wall_s),
+            "staleness": {
+                "histogram": {str(k): n for k, n in sorted(self.staleness.items())},
+                "unknown": self.staleness_unknown,
+                "without_versions": self.without_versions,
+            },
             "wall_s": wall_s,
             "episodes_this_run": ran,
             "episodes_per_s": _ratio(ran, wall_s),

@@ -3,6 +3,13 @@
 The per-call path is hot (thousands of calls a second across episodes), so this module speaks the
 wire format directly with orjson instead of going through an SDK, and captures vLLM's token-id
 fields, which LangChain's ChatOpenAI drops.
+
+Token in, token out (`complete_tokens`) goes to vLLM's token endpoint, `/inference/v1/generate`,
+where the replica serves it (vLLM 0.32 and later with `--enable-scale-out`): its replies carry the
+weight version of every sampled token. A replica without it (vLLM's 403, or no such route) is
+remembered and gets `/v1/completions` instead, which has no versions. `render` asks the server for
+a conversation's prompt ids (`/v1/chat/completions/render`, same condition), so exact ids need no
+local tokenizer. What each replica offers is learnt from its first answer and kept per replica URL.
 """
 
 from __future__ import annotations
@@ -15,11 +22,20 @@ import orjson
 
 from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
+from sparring.core.versions import VersionSpan, one_version, spans_from_server
 from sparring.models.generation import GenerationControl
-from sparring.models.transport import Transport
+from sparring.models.transport import Reply, Transport
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
 CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
+GENERATE_PATH = "/../inference/v1/generate"
+"""vLLM serves the token endpoint at the server's root, beside `/v1` (base URLs end in `/v1`; the URL is normalised)."""
+RENDER_PATH = "/chat/completions/render"
+COMPLETIONS_PATH = "/completions"
+
+
+class ScaleOutUnavailable(ModelRequestError):
+    """The server cannot render prompts: it is not vLLM 0.32 or later started with `--enable-scale-out`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,8 @@ class Completion:
     completion_logprobs: list[float] | None = None
     latency_s: float = 0.0
     max_tokens: int | None = None
+    weight_versions: list[VersionSpan] | None = None
+    """The completion's tokens by the weights that sampled them, as the server reported them (None: no versions)."""
 
 
 def parse_tool_calls(message: dict[str, Any]) -> list[ToolCall]:
@@ -76,6 +94,8 @@ class ModelClient:
         self.config = config
         self.transport = Transport.for_endpoint(config)
         self.control = GenerationControl()  # the weight sync closes it, and names the adapter to use
+        self.scale_out: dict[str, bool] = {}
+        """Per replica base URL: whether it serves vLLM's token and render endpoints (learnt on first use)."""
         self.replicas = self.transport.replicas
         self.latency = self.transport.latency
         self._capture = {"return_token_ids": True, "logprobs": True, "top_logprobs": 0} if config.capture_tokens else {}
@@ -93,10 +113,15 @@ class ModelClient:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
     ) -> Completion:
-        """One chat completion; token ids and logprobs are captured when the endpoint asks for them."""
+        """One chat completion; token ids and logprobs are captured when the endpoint asks for them.
+
+        The chat endpoint reports no weight versions: only a call sent to a LoRA adapter has one, the
+        version the adapter was loaded as.
+        """
         if not self.control.is_open:
             await self.control.wait_open()
-        model = self.control.adapter or self.config.model
+        adapter, version = self.control.adapter, self.control.version
+        model = adapter or self.config.model
         body: dict[str, Any] = {"model": model, "messages": messages, **sampling, **self._capture}
         if tools:
             body["tools"] = tools
@@ -117,6 +142,8 @@ class ModelClient:
         )
         if self.config.capture_tokens:
             self._capture_ids(completion, data, choice)
+            if adapter is not None and version is not None:  # the chat endpoint reports no versions itself
+                completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
         return completion
 
     async def complete_tokens(
@@ -127,23 +154,117 @@ class ModelClient:
         sampling: Mapping[str, Any],
         structured_outputs: dict[str, Any] | None = None,
     ) -> Completion:
-        """Token in, token out: the prompt is exact ids (vLLM's /completions), the reply is raw text plus ids.
+        """Token in, token out: the prompt is exact ids, the reply is raw text plus ids, logprobs and versions.
 
+        Goes to `/inference/v1/generate` where the episode's replica serves it, else to `/v1/completions`.
+        The versions are the server's spans; a call sent to a LoRA adapter has the version the adapter
+        was loaded as (`control.version`) on every token, whatever the server's labels say.
         Tool calls are not parsed here: in this mode sparring reads them from the text itself.
         `structured_outputs` is vLLM's constraint on the generated text (e.g. a tool call's arguments).
         """
         if not self.control.is_open:
             await self.control.wait_open()
+        adapter, version = self.control.adapter, self.control.version
+        model = adapter or self.config.model
+        completion = None
+        if self.scale_out.get(self._replica(episode_id)) is not False:
+            completion = await self._generate(prompt_ids, model, episode_id, sampling, structured_outputs)
+        if completion is None:
+            completion = await self._complete(prompt_ids, model, episode_id, sampling, structured_outputs)
+        if adapter is not None and version is not None:
+            # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter
+            # it started on across a swap, so the adapter sparring sent it to says which weights sampled it
+            completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
+        return completion
+
+    async def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        episode_id: str,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The prompt ids the server makes of `messages` (its chat template and tokenizer), for token in, token out.
+
+        Raises `ScaleOutUnavailable` when the episode's replica cannot render.
+        """
         body: dict[str, Any] = {
-            "model": self.control.adapter or self.config.model,
-            "prompt": prompt_ids,
-            **sampling,
-            "return_token_ids": True,
-            "logprobs": 0,
+            "model": self.config.model,
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
         }
+        if tools:
+            body["tools"] = tools
+        reply = await self._send(RENDER_PATH, body, episode_id)
+        if self._learn(reply, RENDER_PATH):
+            raise ScaleOutUnavailable(
+                f"{reply.url}: HTTP {reply.status}: {self.config.model}'s server cannot render prompts; token "
+                "mode tito without policy_tokenizer needs vLLM 0.32 or later started with --enable-scale-out (as "
+                "`sparring models up` starts it): give policy_tokenizer (the model's local folder), or use token "
+                "mode chat"
+            )
+        ids = self._answer(reply).get("token_ids")
+        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+            raise ModelRequestError(f"{reply.url}: the render answer has no token_ids list")
+        return ids
+
+    async def _generate(
+        self,
+        prompt_ids: list[int],
+        model: str,
+        episode_id: str,
+        sampling: Mapping[str, Any],
+        structured_outputs: dict[str, Any] | None,
+    ) -> Completion | None:
+        """One call of vLLM's token endpoint; None when the replica turns out not to serve it."""
+        params: dict[str, Any] = {**sampling, "logprobs": 0}
+        if structured_outputs is not None:
+            params["structured_outputs"] = structured_outputs
+        body = {"model": model, "token_ids": prompt_ids, "sampling_params": params, "output_mode": "text"}
+        reply = await self._send(GENERATE_PATH, body, episode_id)
+        if self._learn(reply, GENERATE_PATH):
+            return None
+        data = self._answer(reply)
+        try:
+            choice = data["choices"][0]
+            ids = choice["token_ids"]
+            logprobs = [entry["logprob"] for entry in (choice.get("logprobs") or {}).get("content") or ()]
+            spans = spans_from_server(choice.get("weight_versions"), len(ids))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelRequestError(f"{reply.url}: not a generate answer sparring can use: {exc}") from None
+        if len(logprobs) != len(ids):
+            raise ModelRequestError(f"{reply.url}: {len(ids)} completion ids but {len(logprobs)} logprobs")
+        usage = data.get("usage") or {}
+        return Completion(
+            text=choice.get("text") or "",
+            tool_calls=[],
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=usage.get("prompt_tokens", len(prompt_ids)),
+            completion_tokens=usage.get("completion_tokens", len(ids)),
+            prompt_token_ids=prompt_ids,
+            completion_token_ids=ids,
+            completion_logprobs=logprobs,
+            latency_s=reply.latency_s,
+            max_tokens=sampling.get("max_tokens"),
+            weight_versions=spans,
+        )
+
+    async def _complete(
+        self,
+        prompt_ids: list[int],
+        model: str,
+        episode_id: str,
+        sampling: Mapping[str, Any],
+        structured_outputs: dict[str, Any] | None,
+    ) -> Completion:
+        """One call of `/v1/completions` with prompt ids (vLLM returns the ids it sampled; no versions)."""
+        body: dict[str, Any] = {"model": model, "prompt": prompt_ids, **sampling}
+        body |= {"return_token_ids": True, "logprobs": 0}
         if structured_outputs is not None:
             body["structured_outputs"] = structured_outputs
-        data, latency = await self._post("/completions", body, episode_id)
+        reply = await self._send(COMPLETIONS_PATH, body, episode_id)
+        data = self._answer(reply)
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         completion_ids = choice.get("token_ids")
@@ -161,9 +282,19 @@ class ModelClient:
             prompt_token_ids=data.get("prompt_token_ids") or choice.get("prompt_token_ids") or prompt_ids,
             completion_token_ids=completion_ids,
             completion_logprobs=[0.0 if lp is None else lp for lp in logprobs],
-            latency_s=latency,
+            latency_s=reply.latency_s,
             max_tokens=sampling.get("max_tokens"),
         )
+
+    def _replica(self, episode_id: str) -> str:
+        """The replica (base URL) the episode's calls go to."""
+        return self.transport.replica(episode_id).rstrip("/") if self.transport.replicas is not None else ""
+
+    def _learn(self, reply: Reply, path: str) -> bool:
+        """Remember whether the replica that answered serves vLLM's scale-out endpoints; True if it does not."""
+        disabled = reply.status == 403 or (reply.status == 404 and not _is_error_object(reply.body))
+        self.scale_out[reply.url.removesuffix(path)] = not disabled
+        return disabled
 
     def _capture_ids(self, completion: Completion, data: dict[str, Any], choice: dict[str, Any]) -> None:
         """Take the exact ids and logprobs the server sampled; refuse replies that lack them."""
@@ -186,15 +317,30 @@ class ModelClient:
 
     async def _post(self, path: str, body: dict[str, Any], episode_id: str) -> tuple[dict[str, Any], float]:
         """POST through the transport; a 4xx becomes `ContextLengthExceeded` or `ModelRequestError`."""
-        reply = await self.transport.post(
-            path, orjson.dumps(body), key=episode_id, headers={"X-Session-ID": episode_id}
-        )
+        reply = await self._send(path, body, episode_id)
+        return self._answer(reply), reply.latency_s
+
+    async def _send(self, path: str, body: dict[str, Any], episode_id: str) -> Reply:
+        """POST through the transport (retries, the episode's replica); any answer below 500 comes back."""
+        return await self.transport.post(path, orjson.dumps(body), key=episode_id, headers={"X-Session-ID": episode_id})
+
+    def _answer(self, reply: Reply) -> dict[str, Any]:
+        """The JSON body of a 2xx/3xx answer; a 4xx becomes `ContextLengthExceeded` or `ModelRequestError`."""
         if reply.status < 400:
-            return orjson.loads(reply.body), reply.latency_s
+            return orjson.loads(reply.body)
         detail = _error_message(reply.body)
         if any(marker in detail.lower() for marker in CONTEXT_LENGTH_MARKERS):
             raise ContextLengthExceeded(f"{reply.url}: {detail}")
         raise ModelRequestError(f"{reply.url}: HTTP {reply.status}: {detail}")
+
+
+def _is_error_object(raw: bytes) -> bool:
+    """Whether a body is an OpenAI/vLLM error object (`{"error": ...}`): a 404 that is not one means no such route."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "error" in data
 
 
 def _error_message(raw: bytes) -> str:

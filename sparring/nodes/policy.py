@@ -13,7 +13,7 @@ from sparring.core.messages import assistant_message, to_wire, to_wire_list
 from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeState
 from sparring.models.client import Completion, ModelClient
-from sparring.models.tito import TailRenderer, TokenizerUnavailable
+from sparring.models.tito import PromptRenderer, ServerRenderer, TokenizerUnavailable
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import add_usage, call_id_prefix, ended, length_stop_reason
 from sparring.tools.constraints import cached_tool_call_constraint
@@ -33,10 +33,14 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
     current: list[int] | None = None  # the current segment's ids, when tito has built them already
     try:
         if token_mode == "tito" or (token_mode == "auto" and tokenizer):
-            if not tokenizer:
-                raise TokenizerUnavailable("token mode tito needs policy_tokenizer (the model's local folder)")
             constraint = cached_tool_call_constraint(tools.key, tools.wire, state["limits"]["policy_tool_choice"])
-            renderer = await deps.renderer(tokenizer, tools)
+            renderer: PromptRenderer
+            if tokenizer:
+                renderer = await deps.renderer(tokenizer, tools)
+            else:  # the server renders: the tail is cut after the token the last completion ended with
+                last = state["ledger"][-1]["completion_ids"][-1:] if state["ledger"] else []
+                end_of_turn = last[0] if last else None
+                renderer = ServerRenderer(client, tools.wire, episode_id=state["episode_id"], end_of_turn=end_of_turn)
             current = segment_ids(state["ledger"])
             completion = await call_tokens_in_tokens_out(state, client, renderer, tools.names, current, constraint)
         else:
@@ -61,7 +65,7 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
 async def call_tokens_in_tokens_out(
     state: EpisodeState,
     client: ModelClient,
-    renderer: TailRenderer,
+    renderer: PromptRenderer,
     tool_names: frozenset[str],
     current: list[int],
     constraint: dict[str, Any] | None = None,
@@ -72,10 +76,10 @@ async def call_tokens_in_tokens_out(
     """
     messages = state["messages"]
     if not state["ledger"]:
-        prompt = renderer.first_prompt(to_wire_list(messages))
+        prompt = await renderer.first_prompt(to_wire_list(messages))
     else:
         last = max(i for i, m in enumerate(messages) if isinstance(m, AIMessage))
-        tail = renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
+        tail = await renderer.tail(to_wire(messages[last]), to_wire_list(messages[last + 1 :]))
         prompt = current + tail
     completion = await client.complete_tokens(
         prompt, episode_id=state["episode_id"], sampling=state["sampling"]["policy"], structured_outputs=constraint
@@ -100,6 +104,7 @@ def record_completion(state: EpisodeState, completion: Completion, current: list
             completion.completion_logprobs or [],
             completion.finish_reason,
             current,
+            weight_versions=completion.weight_versions,
         )
         metadata["token_span"] = call_span(entry)
         update["ledger"] = [entry]

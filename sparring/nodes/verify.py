@@ -50,6 +50,7 @@ async def verify(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
         await deps.env.close_episode(state["episode_id"])  # the episode is over, however it ended
     update["attribution"] = await attribution_of({**state, **update}, runtime.context, deps)
     deps.clients.release(state["episode_id"])  # no more model calls: free its replica pins
+    update["weight_version"] = deps.clients.clients(runtime.context)[0].control.version  # staleness is measured to it
     update["wall_s"] = time.time() - state["started_at"]
     return update
 

@@ -78,7 +78,8 @@ class ScaleOutEndpoints:
             target = server._record(request, body, body.get("model") or server.base_model or "", list_aliases=True)
             _check_vocabulary(token_ids)
             self._check_prompt_length(len(token_ids))
-            request_id = f"generate-tokens-{server._external_id(request, body) or uuid.uuid4().hex}"
+            # unnamed: a number from the counter chat and completions take theirs from, so runs repeat exactly
+            request_id = server._server_id("generate-tokens", request, body) or server._next_id("generate-tokens")
             head, partial = split_open_reply(token_ids)
             messages, tools = parse_prompt(decode(head))
             call = GenerationCall(

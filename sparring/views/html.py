@@ -254,7 +254,7 @@ def rollout_page(record: dict[str, Any], decode: Callable[[int], str] | None = N
     token_note = (
         "Token text decoded one id at a time with the policy's tokenizer, for display only."
         if decode
-        else "Token ids shown: pass --tokenizer DIR (the policy model's folder) to see their text."
+        else "Token ids shown: pass --tokenizer DIR (the policy model's folder) or URL (its server) to see their text."
     )
     title = f"sparring rollout {record.get('id')}"
     user_actors = [_USER_VIEW_ACTOR.get(m.get("role", ""), "env") for m in user_messages]

@@ -1,22 +1,27 @@
 """`show`: read one rollout record back, as a transcript on the terminal or as an HTML page.
 
-Records hold token ids, not text. For display only, ids are decoded one by one with the policy's
-tokenizer when one is given (`--tokenizer DIR`, or `sparring-fake:` for the scripted server);
-training data is never rebuilt from text. Without a tokenizer the page shows the ids themselves.
+Records hold token ids, not text. For display only, ids are decoded one by one: by the policy
+model's local folder (`--tokenizer DIR`), by its server (`--tokenizer URL`: vLLM's `/detokenize`), or
+by a tokenizer object a caller passes; training data is never rebuilt from text. Without any of
+these the page shows the ids themselves.
 """
 
 from __future__ import annotations
 
+import functools
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from langchain_core.messages import BaseMessage, ToolMessage
 
 from sparring.core.errors import InputError
 from sparring.core.jsonl import json_object
 from sparring.core.messages import from_wire
-from sparring.models.tito import FAKE_TOKENIZER_PREFIX, TokenizerUnavailable, load_tokenizer
+from sparring.models.tito import TokenizerUnavailable, load_tokenizer
 from sparring.views.transcript import format_message
 
 REQUIRED_FIELDS = ("id", "status", "messages", "trajectory")
@@ -114,14 +119,54 @@ def transcript_lines(record: dict[str, Any], view: str = "policy") -> list[str]:
     return lines
 
 
-def token_decoder(spec: str | None) -> Callable[[int], str] | None:
-    """Id -> text for display, from a tokenizer folder or `sparring-fake:`; None shows ids instead."""
-    if not spec:
+class Decoder(Protocol):
+    """Anything with a Hugging Face tokenizer's `decode` (e.g. the scripted server's `FakeTokenizer`)."""
+
+    def decode(self, ids: Any, **kwargs: Any) -> str: ...
+
+
+def token_decoder(source: str | Decoder | None) -> Callable[[int], str] | None:
+    """Id -> text for display: a tokenizer object, a local model folder, or a model server's URL; None shows ids."""
+    if not source:
         return None
-    if not spec.startswith(FAKE_TOKENIZER_PREFIX) and not Path(spec).is_dir():
-        raise RecordError(f"--tokenizer {spec}: no such folder (pass the policy model's local folder)")
+    if not isinstance(source, str):
+        return lambda token_id: source.decode([token_id])
+    if source.startswith(("http://", "https://")):
+        return server_decoder(source)
+    if not Path(source).is_dir():
+        raise RecordError(
+            f"--tokenizer {source}: no such folder (pass the policy model's local folder, or its server's URL)"
+        )
     try:
-        tokenizer = load_tokenizer(spec)
+        tokenizer = load_tokenizer(source)
     except TokenizerUnavailable as exc:
         raise RecordError(str(exc)) from None
     return lambda token_id: tokenizer.decode([token_id])
+
+
+def server_decoder(url: str, timeout_s: float = 10.0) -> Callable[[int], str]:
+    """Id -> text through a vLLM server's `/detokenize` (one request per distinct id, for display only).
+
+    `url` is the server's root or its OpenAI base URL (ending in /v1). One id is decoded at once, so
+    a server that cannot is reported here, not half-way through a page.
+    """
+    root = url.rstrip("/").removesuffix("/v1")
+
+    @functools.cache
+    def decode(token_id: int) -> str:
+        request = urllib.request.Request(
+            f"{root}/detokenize",
+            data=orjson.dumps({"tokens": [token_id]}),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                text = orjson.loads(response.read()).get("prompt")
+        except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
+            raise RecordError(f"--tokenizer {url}: {root}/detokenize did not decode token {token_id}: {exc}") from None
+        if not isinstance(text, str):
+            raise RecordError(f"--tokenizer {url}: {root}/detokenize answered without a `prompt` text")
+        return text
+
+    decode(0)
+    return decode
