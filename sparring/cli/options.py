@@ -30,6 +30,12 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="resources server of the 'remote' environment (default: $SPARRING_ENV_URL; a task's env_url wins)",
     )
+    endpoints.add_argument(
+        "--routing",
+        choices=["least_loaded", "rendezvous"],
+        help="how a new episode picks a replica: least_loaded (default; by load, from /metrics where served) "
+        "or rendezvous (hash of its id); it then sticks to it",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-turns", type=int)
     limits.add_argument("--max-steps-per-turn", type=int)
@@ -73,6 +79,7 @@ _FLAG_SETTINGS = (
     "token_mode",
     "policy_tokenizer",
     "env_url",
+    "routing",
 )
 
 

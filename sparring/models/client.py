@@ -16,7 +16,7 @@ import orjson
 from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
 from sparring.models.generation import GenerationControl
-from sparring.models.transport import Transport
+from sparring.models.transport import Routing, Transport
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
 CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
@@ -38,6 +38,7 @@ class EndpointConfig:
     retry_backoff_s: float = 0.25
     capture_tokens: bool = False
     max_connections: int = 512
+    routing: Routing = "least_loaded"
 
 
 @dataclass(slots=True)
@@ -72,10 +73,12 @@ def parse_tool_calls(message: dict[str, Any]) -> list[ToolCall]:
 class ModelClient:
     """Calls one endpoint. Safe to share across thousands of concurrent episodes in one event loop."""
 
-    def __init__(self, config: EndpointConfig) -> None:
+    def __init__(self, config: EndpointConfig, control: GenerationControl | None = None) -> None:
+        """`control`: shared with the other clients of the same servers (the pool's, which the weight sync
+        drives); default: this client's own."""
         self.config = config
         self.transport = Transport.for_endpoint(config)
-        self.control = GenerationControl()  # the weight sync closes it, and names the adapter to use
+        self.control = control or GenerationControl()  # the weight sync closes it, and names the adapter to use
         self.replicas = self.transport.replicas
         self.latency = self.transport.latency
         self._capture = {"return_token_ids": True, "logprobs": True, "top_logprobs": 0} if config.capture_tokens else {}
