@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N tasks (after --shuffle)")
     parser.add_argument("--repeats", type=int, default=1, metavar="N", help="episodes per task: a group (GRPO)")
     parser.add_argument("--concurrency", type=int, default=8, metavar="N", help="episodes at once (default 8)")
+    parser.add_argument(
+        "--min-concurrency",
+        type=int,
+        metavar="N",
+        help="adaptive: episodes at once follow the policy servers' waiting queue and KV-cache usage "
+        "between N and --concurrency",
+    )
     parser.add_argument("--shuffle", action="store_true", help="shuffle the task order (with --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue an existing output: skip pairs it holds")
@@ -90,6 +97,7 @@ def spec_from_args(args: argparse.Namespace) -> CollectSpec:
         failures=args.failures,
         repeats=args.repeats,
         concurrency=args.concurrency,
+        min_concurrency=args.min_concurrency,
         limit=args.limit,
         shuffle=args.shuffle,
         seed=args.seed,

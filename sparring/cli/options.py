@@ -46,6 +46,12 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         help="a server a task's own env_url may name besides --env-url (repeatable; default "
         "$SPARRING_ALLOW_ENV_URLS, comma-separated); a task naming any other ends invalid_task, nothing sent",
     )
+    endpoints.add_argument(
+        "--routing",
+        choices=["least_loaded", "rendezvous"],
+        help="how a new episode picks a replica: least_loaded (default; by load, from /metrics where served) "
+        "or rendezvous (hash of its id); it then sticks to it",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-turns", type=int)
     limits.add_argument("--max-steps-per-turn", type=int)
@@ -93,6 +99,7 @@ _FLAG_SETTINGS = (
     "policy_tokenizer",
     "env_url",
     "judge_max_tokens",
+    "routing",
 )
 
 

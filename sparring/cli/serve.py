@@ -59,6 +59,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     service.add_argument(
         "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds for episodes on SIGTERM"
     )
+    weights = parser.add_argument_group("weight sync (/v1/weights)")
+    weights.add_argument(
+        "--pause-timeout",
+        type=float,
+        default=defaults.pause_timeout_s,
+        metavar="S",
+        help="a pause with no resume for S seconds resumes on its own (default %(default)g)",
+    )
+    weights.add_argument(
+        "--adapter-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="absolute folder on the vLLM machines that LoRA adapters may be loaded from (repeatable; "
+        "none: adapter updates are refused); sparring never reads it",
+    )
     add_episode_options(parser)
     parser.set_defaults(func=cmd_serve)
     return parser
@@ -87,6 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         shutdown_grace_s=args.shutdown_grace,
         api_key=resolve_api_key(args.api_key_file),
+        pause_timeout_s=args.pause_timeout,
+        adapter_dirs=tuple(args.adapter_dir),
     )
     registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
     gateway = build_gateway(settings_from_args(args, args.env, require=("policy",)), registry=registry)

@@ -59,3 +59,50 @@ class ModelRequestError(ModelCallError):
 
 class ModelUnavailable(ModelCallError):
     """The server kept failing (5xx, connection errors, time-outs) after every retry."""
+
+
+class WeightSyncError(SparringError):
+    """A weight-sync step (pause, update, resume) that could not be done; the message says what changed."""
+
+
+class WeightUpdateRefused(WeightSyncError, UsageError):
+    """A weight update (or pause) that is the caller's to fix, refused before anything changed: a version
+    not newer than the current one, an adapter path that is malformed, not allowed or not found.
+    `status` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WeightSyncFailed(WeightSyncError):
+    """Every policy server failed the step (unreachable, no dev mode, an error): nothing changed."""
+
+
+class ServiceError(SparringError):
+    """The sparring service answered with an error (`sparring.client`): `status` and its `detail`."""
+
+    def __init__(self, message: str, status: int, detail: object = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class ServiceRequestError(ServiceError, UsageError):
+    """The service refused the request (4xx): fix the request; retrying it as is will not help."""
+
+
+class ServiceAuthError(ServiceRequestError):
+    """No bearer token, or the wrong one (401)."""
+
+
+class ServiceOverloaded(ServiceError):
+    """No room for the episodes right now (429): retry after `retry_after_s`."""
+
+    def __init__(self, message: str, status: int, detail: object = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status, detail)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailable(ServiceError):
+    """The service is shutting down, unreachable, or failed (5xx, connection errors)."""

@@ -21,6 +21,7 @@ from sparring.core.errors import UsageError
 ToolChoice = Literal["auto", "required", "none"]
 TOOL_CHOICES = ("auto", "required", "none")
 TOKEN_MODES = ("auto", "chat", "tito")
+ROUTINGS = ("least_loaded", "rendezvous")
 
 
 class SettingsError(UsageError):
@@ -114,6 +115,7 @@ RULES: dict[str, Rule] = {
     "max_retries": Rule(ge=0, integer=True),
     "max_connections": POSITIVE_COUNT,
     "token_mode": Rule(choices=TOKEN_MODES),
+    "routing": Rule(choices=ROUTINGS),
     "env_url": Rule(urls=True),
     "allow_env_urls": Rule(urls=True, may_be_empty=True),
 }
@@ -180,6 +182,12 @@ class EpisodeSettings:
     max_retries: int = _setting(3, "Retries of a model call on 5xx, connection errors and time-outs (never 4xx).")
     max_connections: int = _setting(
         1024, "Most requests in flight (and pooled connections) per model endpoint; more wait for a free slot."
+    )
+    routing: Literal["least_loaded", "rendezvous"] = _setting(
+        "least_loaded",
+        "How a new episode picks its replica (it then sticks to it, for the prefix cache): least_loaded, by "
+        "episodes pinned there and the server's running/waiting requests and KV-cache usage; rendezvous, by "
+        "a hash of its id (even counts, whatever the episodes' lengths).",
     )
     token_mode: Literal["auto", "chat", "tito"] = _setting(
         "auto",

@@ -14,11 +14,20 @@ which implements the same protocol over Ray actors.
 
 `run` keeps a fixed pool of `concurrency` workers pulling from the item source (100k items never
 means 100k tasks), and holds at most 2 x concurrency finished-but-unread records (a slow reader
-slows the workers down). Every item a worker took yields exactly one record: after `stop`, an
-episode still running when the grace period ends is cancelled and yields `status: aborted,
-stop_reason: interrupted`. If the reader stops iterating (an HTTP client went away: closing or
-cancelling the generator), the workers and their in-flight episodes are cancelled at once and
-nothing keeps running for nobody.
+slows the workers down).
+
+Adaptive concurrency (`adaptive=AdaptiveConcurrency(minimum, maximum)`): the cap on episodes in flight
+follows the policy servers instead of a guess. It starts at `minimum`; every `interval_s`, given fresh
+metrics from the servers (vLLM's /metrics, read in the background by the policy client's transport),
+it shrinks by a quarter (at least 1) while any server has requests waiting or its KV cache is
+fuller than `kv_high`, and grows by a quarter (at least 1) while the cap is what holds episodes back and the KV
+cache is below `kv_low`; between `minimum` and `maximum` always. While the weight sync has generation
+paused it holds still (vLLM's gauges go stale during a pause).
+
+Every item a worker took yields exactly one record: after `stop`, an episode still running when the
+grace period ends is cancelled and yields `status: aborted, stop_reason: interrupted`. If the reader
+stops iterating (an HTTP client went away: closing or cancelling the generator), the workers and their
+in-flight episodes are cancelled at once and nothing keeps running for nobody.
 """
 
 from __future__ import annotations
@@ -34,6 +43,34 @@ from sparring.core.record import aborted_record
 from sparring.engine.engine import Engine, EngineStats
 
 INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveConcurrency:
+    """Bounds and thresholds of the adaptive cap on episodes in flight (see the module docstring)."""
+
+    minimum: int
+    maximum: int
+    interval_s: float = 1.0
+    kv_high: float = 0.9
+    kv_low: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.minimum < 1 or self.maximum < self.minimum:
+            raise ValueError(
+                f"adaptive concurrency needs 1 <= minimum <= maximum, got {self.minimum} and {self.maximum}"
+            )
+        if not (0 < self.kv_low <= self.kv_high <= 1) or not self.interval_s > 0:
+            raise ValueError("adaptive concurrency needs 0 < kv_low <= kv_high <= 1 and interval_s > 0")
+
+    def next_limit(self, limit: int, in_flight: int, waiting: float, kv_cache_usage: float) -> int:
+        """The cap after one reading of the servers' metrics."""
+        step = max(1, limit // 4)
+        if waiting > 0 or kv_cache_usage >= self.kv_high:
+            return max(self.minimum, limit - step)
+        if kv_cache_usage < self.kv_low and in_flight >= limit:
+            return min(self.maximum, limit + step)
+        return limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +116,21 @@ class BatchRunner:
         concurrency: int = 8,
         overrides: Mapping[str, Any] | None = None,
         close_engine: bool = True,
+        adaptive: AdaptiveConcurrency | None = None,
     ) -> None:
         """`overrides`: settings of these episodes that differ from the engine's (a request's own);
-        `close_engine`: whether `aclose` closes the engine too (not when the engine is shared)."""
+        `close_engine`: whether `aclose` closes the engine too (not when the engine is shared);
+        `adaptive`: let the cap follow the servers' load (then `concurrency` is its maximum)."""
+        if adaptive is not None:
+            concurrency = adaptive.maximum
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.engine = engine
         self.overrides = overrides
         self.concurrency = concurrency
+        self.adaptive = adaptive
+        self._cap = _Cap(adaptive.minimum) if adaptive is not None else None
+        self.limit_changes = 0
         self._close_engine = close_engine
         self._stopping = False
         self._interrupting = False
@@ -101,6 +145,11 @@ class BatchRunner:
         return len(self._busy)
 
     @property
+    def limit(self) -> int:
+        """Episodes allowed in flight now (`concurrency`, unless adaptive)."""
+        return self._cap.limit if self._cap is not None else self.concurrency
+
+    @property
     def stopping(self) -> bool:
         """Whether `stop` was called (no new items are taken)."""
         return self._stopping
@@ -111,6 +160,7 @@ class BatchRunner:
         records: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         room = asyncio.Semaphore(2 * self.concurrency)
         workers = [asyncio.create_task(self._work(take, records, room)) for _ in range(self.concurrency)]
+        governor = asyncio.create_task(self._govern()) if self.adaptive is not None else None
         try:
             async for record in drain(records, len(workers)):
                 room.release()
@@ -118,9 +168,9 @@ class BatchRunner:
             for worker in workers:  # re-raise a failure of the item source itself
                 worker.result()
         finally:
-            for worker in workers:
+            for worker in [*workers, *([governor] if governor else [])]:
                 worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *([governor] if governor else []), return_exceptions=True)
             if self._stop_timer is not None:
                 self._stop_timer.cancel()
 
@@ -157,15 +207,21 @@ class BatchRunner:
                 await room.acquire()
                 if self._stopping:
                     break
-                item = await take()
-                if item is None:
-                    break
-                self._busy[me] = item
-                self.started += 1
+                if self._cap is not None:
+                    await self._cap.acquire()
                 try:
-                    record = await self._play(item, me)
+                    item = await take()
+                    if item is None:
+                        break
+                    self._busy[me] = item
+                    self.started += 1
+                    try:
+                        record = await self._play(item, me)
+                    finally:
+                        del self._busy[me]
                 finally:
-                    del self._busy[me]
+                    if self._cap is not None:
+                        self._cap.release()
                 self.finished += 1
                 records.put_nowait(record)
         finally:
@@ -199,6 +255,23 @@ class BatchRunner:
                 started=started,
             )
 
+    async def _govern(self) -> None:
+        """Move `limit` with the policy servers' load (see the module docstring)."""
+        adaptive, cap = self.adaptive, self._cap
+        assert adaptive is not None and cap is not None
+        self.engine.watch_policy_load(adaptive.interval_s)
+        last_reading = 0.0
+        while True:
+            await asyncio.sleep(adaptive.interval_s)
+            load = self.engine.policy_load()
+            if load is None or load.at <= last_reading or not self.engine.weights.control.is_open:
+                continue
+            last_reading = load.at
+            limit = adaptive.next_limit(cap.limit, cap.held, load.waiting, load.kv_cache_usage)
+            if limit != cap.limit:
+                cap.set_limit(limit)
+                self.limit_changes += 1
+
     def stats(self) -> EngineStats:
         """Per role, the latency of every answered model call; per role and replica, its counts."""
         return self.engine.stats()
@@ -207,6 +280,40 @@ class BatchRunner:
         """Close the engine's model clients and environment resources (unless the engine is shared)."""
         if self._close_engine:
             await self.engine.aclose()
+
+
+class _Cap:
+    """A semaphore whose size can change: `acquire` waits while `held` is at `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self) -> None:
+        while self.held >= self.limit:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 async def drain(records: asyncio.Queue[dict[str, Any] | None], producers: int) -> AsyncIterator[dict[str, Any]]:

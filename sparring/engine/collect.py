@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from sparring.core.errors import UsageError
 from sparring.core.settings import EpisodeSettings
 from sparring.core.task import TaskError, scan_tasks
-from sparring.engine.batch import BatchItem, BatchRunner, Runner
+from sparring.engine.batch import AdaptiveConcurrency, BatchItem, BatchRunner, Runner
 from sparring.engine.engine import Engine
 from sparring.engine.metrics import MetricsAccumulator
 from sparring.engine.output import (
@@ -80,6 +80,13 @@ class CollectSpec:
     )
     repeats: int = field(default=1, metadata={"description": "Episodes per task: a group (GRPO)."})
     concurrency: int = field(default=8, metadata={"description": "Episodes at once (per Ray worker with `ray`)."})
+    min_concurrency: int | None = field(
+        default=None,
+        metadata={
+            "description": "Adaptive concurrency: episodes at once follow the policy servers' waiting queue and "
+            "KV-cache usage between this and `concurrency` (engine/batch.py); None: always `concurrency`."
+        },
+    )
     limit: int | None = field(default=None, metadata={"description": "Only the first N tasks (after shuffling)."})
     shuffle: bool = field(default=False, metadata={"description": "Shuffle the task order, with `seed`."})
     seed: int = field(default=0, metadata={"description": "Seed of `shuffle`."})
@@ -107,6 +114,14 @@ class CollectSpec:
         for name in ("repeats", "concurrency"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} (--{name}) must be at least 1")
+        if self.min_concurrency is not None:
+            if not 1 <= self.min_concurrency <= self.concurrency:
+                raise UsageError(
+                    f"min_concurrency (--min-concurrency) must be between 1 and concurrency ({self.concurrency}), "
+                    f"got {self.min_concurrency}"
+                )
+            if self.ray is not None:
+                raise UsageError("min_concurrency (--min-concurrency) works in one process, not with ray (--ray)")
         if self.limit is not None and self.limit < 0:
             raise UsageError("limit (--limit) must not be negative")
         if not math.isfinite(self.grace_s) or self.grace_s < 0:
@@ -222,7 +237,10 @@ def plan_items(spec: CollectSpec, tasks: list[tuple[int, dict[str, Any]]], prepa
 def make_runner(spec: CollectSpec, settings: Callable[[str], EpisodeSettings]) -> Runner:
     """The batch runner in this process, or with `spec.ray` the same runner on Ray actors."""
     if spec.ray is None:
-        return BatchRunner(Engine(settings, env=spec.env), concurrency=spec.concurrency)
+        adaptive = None
+        if spec.min_concurrency is not None:
+            adaptive = AdaptiveConcurrency(minimum=spec.min_concurrency, maximum=spec.concurrency)
+        return BatchRunner(Engine(settings, env=spec.env), concurrency=spec.concurrency, adaptive=adaptive)
     from sparring.engine.ray_runner import RayRunner  # imports nothing of Ray until it runs
 
     return RayRunner(settings, workers=spec.ray.workers, concurrency=spec.concurrency, address=spec.ray.address)

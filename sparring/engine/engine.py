@@ -9,6 +9,7 @@ with a typed `aborted` record, built in one place (`core.record.aborted_record`)
     engine = Engine(settings)                       # EpisodeSettings, or env name -> EpisodeSettings
     record = await engine.play({"env_seed": ...})   # one episode (env: the task's, else the engine's)
     engine.stats()                                  # per role: latency histogram; per replica: counts
+    await engine.weights.pause("keep")              # weight sync on the policy servers (engine/weights.py)
     await engine.aclose()
 
 The batch runner, the Ray workers, the HTTP service, `sparring run`, Studio's graphs and the
@@ -30,11 +31,13 @@ from sparring.core.ids import new_episode_id
 from sparring.core.record import aborted_record, build_record
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.settings import with_overrides
+from sparring.engine.weights import WeightOptions, WeightSync
 from sparring.envs.base import Environment
 from sparring.envs.registry import get_environment
 from sparring.graphs.episode import build_graph
 from sparring.models.latency import LatencyHistogram
 from sparring.models.pool import ClientPool, ReplicaStats
+from sparring.models.replicas import ServerLoad
 from sparring.nodes.deps import EpisodeDeps
 
 SettingsSource = EpisodeSettings | Callable[[str], EpisodeSettings]
@@ -60,17 +63,21 @@ class Engine:
         environments: Mapping[str, Environment] | None = None,
         max_clients: int = 32,
         clients: ClientPool | None = None,
+        weight_options: WeightOptions | None = None,
     ) -> None:
         """`settings`: one EpisodeSettings for every environment, or a function of the environment's name
         (`engine.settings.resolve_settings` resolves them as the CLI does); default: EpisodeSettings().
         `env` plays tasks that name none. `environments` are objects to use instead of the registry's;
-        `clients` a pool of one's own (env-serve's, whose policy is an outside client)."""
+        `clients` a pool of one's own (env-serve's, whose policy is an outside client).
+        `weight_options`: how `weights` (pause / update / resume) behaves."""
         self.default_env = env
         self._settings_source = settings if settings is not None else EpisodeSettings()
         self._settings: dict[str, EpisodeSettings] = {}
         self._environments = dict(environments or {})
         self._graphs: dict[str, tuple[CompiledStateGraph, EpisodeDeps]] = {}
         self.clients = clients if clients is not None else ClientPool(max_clients)
+        self.weights = WeightSync(self.clients, lambda: self.settings_for(self.default_env), weight_options)
+        """Weight sync on the policy servers of the default environment (engine/weights.py)."""
 
     def settings_for(self, env: str, overrides: Mapping[str, Any] | None = None) -> EpisodeSettings:
         """The settings episodes of `env` run with, with a caller's overrides applied (checked by the same rules)."""
@@ -157,12 +164,35 @@ class Engine:
         """The rollout record of an episode's final state (a run stepped through by hand, Studio's thread)."""
         return build_record(state, env=env or self.default_env, episode_id=state.get("episode_id") or "")
 
+    def watch_policy_load(self, interval_s: float | None = None) -> None:
+        """Read the default environment's policy servers' metrics in the background (adaptive concurrency)."""
+        policy, _ = self.clients.clients(self.settings_for(self.default_env))
+        policy.transport.watch_load(interval_s)
+
+    def policy_load(self) -> ServerLoad | None:
+        """The default environment's policy servers' latest metrics (fresh ones only): requests running and
+        waiting summed over the replicas in rotation, the highest KV-cache usage; None: none yet."""
+        policy, _ = self.clients.clients(self.settings_for(self.default_env))
+        if policy.replicas is None:
+            return None
+        removed = self.clients.taken_out(policy.config.base_urls)
+        loads = [load for url, load in policy.replicas.server_loads().items() if url not in removed]
+        if not loads:
+            return None
+        return ServerLoad(
+            running=sum(load.running for load in loads),
+            waiting=sum(load.waiting for load in loads),
+            kv_cache_usage=max(load.kv_cache_usage for load in loads),
+            at=min(load.at for load in loads),
+        )
+
     def stats(self) -> EngineStats:
         """Per role, the latency of every answered model call; per role and replica, its counts."""
         return EngineStats(latency=self.clients.latency(), replicas=self.clients.replica_stats())
 
     async def aclose(self) -> None:
-        """Close the model clients and every environment's pooled resources."""
+        """Close the model clients, the weight sync's connections and every environment's pooled resources."""
+        await self.weights.aclose()
         await self.clients.aclose()
         for _, deps in self._graphs.values():
             await deps.env.aclose()

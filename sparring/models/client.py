@@ -24,7 +24,7 @@ from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
 from sparring.core.versions import VersionSpan, one_version, spans_from_server
 from sparring.models.generation import GenerationControl
-from sparring.models.transport import Reply, Transport
+from sparring.models.transport import Reply, Routing, Transport
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
 CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
@@ -54,6 +54,7 @@ class EndpointConfig:
     retry_backoff_s: float = 0.25
     capture_tokens: bool = False
     max_connections: int = 512
+    routing: Routing = "least_loaded"
 
 
 @dataclass(slots=True)
@@ -90,10 +91,12 @@ def parse_tool_calls(message: dict[str, Any]) -> list[ToolCall]:
 class ModelClient:
     """Calls one endpoint. Safe to share across thousands of concurrent episodes in one event loop."""
 
-    def __init__(self, config: EndpointConfig) -> None:
+    def __init__(self, config: EndpointConfig, control: GenerationControl | None = None) -> None:
+        """`control`: shared with the other clients of the same servers (the pool's, which the weight sync
+        drives); default: this client's own."""
         self.config = config
         self.transport = Transport.for_endpoint(config)
-        self.control = GenerationControl()  # the weight sync closes it, and names the adapter to use
+        self.control = control or GenerationControl()  # the weight sync closes it, and names the adapter to use
         self.scale_out: dict[str, bool] = {}
         """Per replica base URL: whether it serves vLLM's token and render endpoints (learnt on first use)."""
         self.replicas = self.transport.replicas

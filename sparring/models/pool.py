@@ -3,6 +3,11 @@
 Sampling is not part of an endpoint (it travels per call), so requests with different temperatures
 share a client. A pool that meets more distinct endpoints than `max_clients` (a service whose
 clients name their own) closes the least recently used ones that no episode is using.
+
+Policy clients of the same servers share one `GenerationControl` (`policy_control`), made before any
+client and outliving them: the weight sync closes it, sets its adapter and version, and opens it, and a
+client made later (another environment's settings, a request's) starts from that state; replicas the
+weight sync took out stay out in every policy client of those servers (`take_out`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Literal
 
 from sparring.core.settings import EpisodeSettings
 from sparring.models.client import EndpointConfig, ModelClient
+from sparring.models.generation import GenerationControl
 from sparring.models.latency import LatencyHistogram
 
 Role = Literal["policy", "user", "judge"]
@@ -35,6 +41,7 @@ def endpoint_config(settings: EpisodeSettings, role: Role) -> EndpointConfig:
         max_retries=settings.max_retries,
         max_connections=settings.max_connections,
         capture_tokens=role == "policy",
+        routing=settings.routing,
     )
 
 
@@ -49,6 +56,8 @@ class ClientPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._retired_replicas: ReplicaStats = {}  # what closed clients did, so the totals stay whole
         self._retired_latency: dict[str, LatencyHistogram] = {}
+        self._controls: dict[frozenset[str], GenerationControl] = {}
+        self._removed: dict[frozenset[str], dict[str, str]] = {}
 
     def clients(self, settings: EpisodeSettings) -> tuple[ModelClient, ModelClient]:
         """(policy, user) clients for these settings; the common case is one identity check."""
@@ -68,11 +77,51 @@ class ClientPool:
     def _client(self, endpoint: EndpointConfig, role: Role) -> ModelClient:
         client = self._clients.get(endpoint)
         if client is None:
-            client = self._clients[endpoint] = ModelClient(endpoint)
+            servers = frozenset(endpoint.base_urls)
+            control = self.policy_control(endpoint.base_urls) if role == "policy" else None
+            client = self._clients[endpoint] = ModelClient(endpoint, control)
             self._roles[endpoint] = role
+            if role == "policy" and client.replicas is not None:
+                for url, reason in self._removed.get(servers, {}).items():
+                    client.replicas.take_out(url, reason)
             self._evict_idle()
         self._clients.move_to_end(endpoint)
         return client
+
+    def policy_control(self, urls: tuple[str, ...] | list[str]) -> GenerationControl:
+        """The control every policy client of these servers shares (made on first use)."""
+        servers = frozenset(urls)
+        control = self._controls.get(servers)
+        if control is None:
+            control = self._controls[servers] = GenerationControl()
+        return control
+
+    def policy_clients(self, urls: tuple[str, ...] | list[str]) -> list[ModelClient]:
+        """The policy clients now open on exactly these servers."""
+        servers = frozenset(urls)
+        return [
+            client
+            for endpoint, client in self._clients.items()
+            if self._roles[endpoint] == "policy" and frozenset(endpoint.base_urls) == servers
+        ]
+
+    def take_out(self, urls: tuple[str, ...] | list[str], url: str, reason: str) -> None:
+        """No policy call to these servers goes to `url` until `put_back` (now and in clients made later)."""
+        self._removed.setdefault(frozenset(urls), {})[url] = reason
+        for client in self.policy_clients(urls):
+            if client.replicas is not None:
+                client.replicas.take_out(url, reason)
+
+    def taken_out(self, urls: tuple[str, ...] | list[str]) -> dict[str, str]:
+        """The replicas of these servers `take_out` took out, and why."""
+        return dict(self._removed.get(frozenset(urls), {}))
+
+    def put_back(self, urls: tuple[str, ...] | list[str], url: str) -> None:
+        """Undo `take_out`."""
+        self._removed.get(frozenset(urls), {}).pop(url, None)
+        for client in self.policy_clients(urls):
+            if client.replicas is not None:
+                client.replicas.put_back(url)
 
     def _evict_idle(self) -> None:
         """Close the least recently used clients beyond `max_clients` that no episode is using."""

@@ -1,10 +1,21 @@
-"""Replicas of one model endpoint: sticky per episode, even spread, failing replicas taken out for a while.
+"""Replicas of one model endpoint: sticky per episode, new episodes to the least-loaded replica, failing
+replicas taken out for a while.
 
 vLLM's prefix cache only helps when every call of an episode reaches the same server, so an episode
-(or a gateway session) is pinned to one replica by rendezvous hashing of its id: the spread is even,
-and a replica leaving or coming back moves only the episodes that hash to it. A replica that fails
-`failure_threshold` times in a row is out for `cooldown_s`; its episodes move to their next choice,
-and after the cooldown it gets traffic again (one more failure takes it out again at once).
+(or a gateway session) is pinned to one replica when it first calls and stays there. Where it is
+pinned is the routing's choice:
+- least loaded (`pick_least_loaded`, the default): the replica with the least load right now. Load is
+  the episodes pinned there by this client (or its requests in flight, if more), and, where the server
+  exposes them (vLLM's /metrics, read in the background by the transport, never per call), the
+  requests it runs for every client, its waiting queue and its KV-cache usage (a fraction 0..1, so it
+  only breaks ties between otherwise equal replicas). Long episodes then no longer pile up on one
+  replica by chance.
+- rendezvous hashing of the id (`pick`): the spread is even in count, and a replica leaving or coming
+  back moves only the episodes that hash to it.
+A replica that fails `failure_threshold` times in a row is out for `cooldown_s`; its episodes move to
+another replica, and after the cooldown it gets traffic again (one more failure takes it out again at
+once). A replica the weight sync took out (`take_out`: it failed a weight update, so its weights are
+stale) stays out until `put_back`.
 """
 
 from __future__ import annotations
@@ -15,18 +26,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """What a server's metrics said at `at` (monotonic seconds): requests running and waiting for every
+    client, and the fraction of its KV cache in use (0..1)."""
+
+    running: float
+    waiting: float
+    kv_cache_usage: float
+    at: float
+
+
 @dataclass(slots=True)
 class ReplicaHealth:
-    """What one replica has done so far; `episodes` counts distinct episodes pinned to it."""
+    """What one replica has done so far; `episodes` counts distinct episodes pinned to it, `active` those pinned now."""
 
     url: str
     requests: int = 0
     failures: int = 0
     episodes: int = 0
+    active: int = 0
     in_flight: int = 0
     consecutive_failures: int = 0
     out_until: float = 0.0
     times_taken_out: int = 0
+    load: ServerLoad | None = None
+    removed: str | None = None
+    """Why the weight sync took it out (None: it did not); it stays out until put back."""
 
 
 class ReplicaSet:
@@ -38,13 +64,17 @@ class ReplicaSet:
         *,
         failure_threshold: int = 3,
         cooldown_s: float = 30.0,
+        load_max_age_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`load_max_age_s`: a server's metrics older than this are ignored (the poller stopped, or the
+        server no longer answers them)."""
         if not urls:
             raise ValueError("an endpoint needs at least one base URL")
         self.urls = tuple(urls)
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
+        self.load_max_age_s = load_max_age_s
         self._clock = clock
         self._health = {url: ReplicaHealth(url) for url in self.urls}
         self._pinned: dict[str, str] = {}
@@ -59,18 +89,54 @@ class ReplicaSet:
         return url
 
     def pick_least_loaded(self, key: str) -> str:
-        """Pin a new key to the available replica with the fewest requests in flight (ties: fewest pinned keys)."""
+        """The key's replica: where it is pinned while that replica is in, else the least loaded one
+        (ties: the one that had fewer keys so far, then the first)."""
         pinned = self._pinned.get(key)
-        if pinned is not None and self._is_in(self._health[pinned]):
+        if pinned is not None and (len(self.urls) == 1 or self._is_in(self._health[pinned])):
             return pinned
         candidates = self._available()
-        url = min(candidates, key=lambda u: (self._health[u].in_flight, self._health[u].episodes, self.urls.index(u)))
+        url = min(candidates, key=lambda u: (self.load(u), self._health[u].episodes, self.urls.index(u)))
         self._pin(key, url)
         return url
 
+    def load(self, url: str) -> float:
+        """How busy `url` is: see the module docstring (metrics older than `load_max_age_s` are left out)."""
+        health = self._health[url]
+        own = max(health.active, health.in_flight)
+        server = health.load
+        if server is None or self._clock() - server.at > self.load_max_age_s:
+            return float(own)
+        return max(own, server.running) + server.waiting + server.kv_cache_usage
+
+    def report_load(self, url: str, load: ServerLoad) -> None:
+        """What `url`'s metrics say now (the transport's poller calls this)."""
+        self._health[url].load = load
+
+    def server_loads(self) -> dict[str, ServerLoad]:
+        """The latest metrics of each replica that has fresh ones."""
+        now = self._clock()
+        return {
+            url: h.load
+            for url, h in self._health.items()
+            if h.load is not None and now - h.load.at <= self.load_max_age_s
+        }
+
+    def take_out(self, url: str, reason: str) -> None:
+        """Route nothing more to `url` until `put_back` (its episodes move); e.g. its weights are stale."""
+        health = self._health[url]
+        if health.removed is None:
+            health.times_taken_out += 1
+        health.removed = reason
+
+    def put_back(self, url: str) -> None:
+        """Undo `take_out`."""
+        self._health[url].removed = None
+
     def release(self, key: str) -> None:
         """Forget a finished episode's pin (its count in `episodes` stays)."""
-        self._pinned.pop(key, None)
+        url = self._pinned.pop(key, None)
+        if url is not None:
+            self._health[url].active -= 1
 
     def in_use(self) -> bool:
         """Whether any key is pinned here or any request is in flight."""
@@ -105,6 +171,7 @@ class ReplicaSet:
                 "requests": h.requests,
                 "failures": h.failures,
                 "episodes": h.episodes,
+                "active": h.active,
                 "in_flight": h.in_flight,
                 "available": self._is_in(h),
                 "times_taken_out": h.times_taken_out,
@@ -113,19 +180,26 @@ class ReplicaSet:
         }
 
     def _pin(self, key: str, url: str) -> None:
-        if self._pinned.get(key) != url:
+        previous = self._pinned.get(key)
+        if previous != url:
+            if previous is not None:
+                self._health[previous].active -= 1
             self._pinned[key] = url
             self._health[url].episodes += 1
+            self._health[url].active += 1
 
     def _is_in(self, health: ReplicaHealth) -> bool:
-        return health.out_until <= self._clock()
+        return health.removed is None and health.out_until <= self._clock()
 
     def _available(self) -> tuple[str, ...]:
-        """The replicas that are in; when every one is out, all of them (failing fast helps nobody)."""
+        """The replicas that are in; when every one is out, those not taken out by the weight sync, else all
+        (failing fast helps nobody)."""
         if len(self.urls) == 1:
             return self.urls
         available = tuple(url for url in self.urls if self._is_in(self._health[url]))
-        return available or self.urls
+        if available:
+            return available
+        return tuple(url for url in self.urls if self._health[url].removed is None) or self.urls
 
     @staticmethod
     def _rendezvous(key: str, urls: tuple[str, ...]) -> str:

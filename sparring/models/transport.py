@@ -6,6 +6,11 @@
 - Replicas (`ReplicaSet`): a request names a key (episode or session id); the key sticks to one
   replica, chosen by `routing` when it first appears and again on each retry (a replica taken out
   meanwhile hands its keys over). Without replicas, requests name whole URLs.
+- Load: with least-loaded routing over several replicas, each replica's `/metrics` (vLLM's requests
+  running and waiting, KV-cache usage) is read in the background every `LOAD_POLL_S` seconds, at most
+  `METRICS_MAX_BYTES` of it, and handed to the replica set; a request never waits for it. A server
+  without metrics (404) is not asked again. `watch_load()` starts the same poller for other readers
+  (adaptive concurrency).
 - Retries with exponential backoff on 5xx, connection errors and time-outs, never on 4xx.
 - Errors: when the retries are spent, `unavailable` (the caller's class: `ModelUnavailable` for
   models, the remote environment's own for environments) with the URL and the last failure.
@@ -18,6 +23,7 @@ are built once, and nothing here parses JSON.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,9 +34,19 @@ import aiohttp
 
 from sparring.core.errors import ModelUnavailable
 from sparring.models.latency import LatencyHistogram
-from sparring.models.replicas import ReplicaSet
+from sparring.models.replicas import ReplicaSet, ServerLoad
 
 Routing = Literal["least_loaded", "rendezvous"]
+ROUTINGS: tuple[Routing, ...] = ("least_loaded", "rendezvous")
+LOAD_POLL_S = 1.0
+"""Seconds between two reads of a replica's /metrics."""
+METRICS_MAX_BYTES = 1 << 20
+"""The most of a /metrics answer read; the gauges sparring reads come first in vLLM's (a few kB)."""
+_GAUGES = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+}
 
 
 class EndpointLike(Protocol):
@@ -42,6 +58,7 @@ class EndpointLike(Protocol):
     max_retries: int
     retry_backoff_s: float
     max_connections: int
+    routing: Routing
 
 
 @dataclass(slots=True)
@@ -59,8 +76,9 @@ class Transport:
     """Sends requests for one endpoint (its replicas) or, with no base URLs, to whole URLs."""
 
     @classmethod
-    def for_endpoint(cls, endpoint: EndpointLike, *, routing: Routing = "rendezvous") -> Transport:
-        """The transport of one model endpoint: its replicas, key, time-out, retries and connection bound."""
+    def for_endpoint(cls, endpoint: EndpointLike, *, routing: Routing | None = None) -> Transport:
+        """The transport of one model endpoint: its replicas, key, time-out, retries, connection bound and
+        routing (`routing` overrides the endpoint's)."""
         return cls(
             endpoint.base_urls,
             api_key=endpoint.api_key,
@@ -68,7 +86,7 @@ class Transport:
             max_retries=endpoint.max_retries,
             retry_backoff_s=endpoint.retry_backoff_s,
             max_connections=endpoint.max_connections,
-            routing=routing,
+            routing=routing or endpoint.routing,
         )
 
     def __init__(
@@ -80,7 +98,7 @@ class Transport:
         max_retries: int = 3,
         retry_backoff_s: float = 0.25,
         max_connections: int = 512,
-        routing: Routing = "rendezvous",
+        routing: Routing = "least_loaded",
         unavailable: type[Exception] = ModelUnavailable,
     ) -> None:
         self.replicas = ReplicaSet(base_urls) if base_urls else None
@@ -100,6 +118,10 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._watch_wanted = routing == "least_loaded" and self.replicas is not None and len(self.replicas.urls) > 1
+        self._no_metrics: set[str] = set()
+        self.load_poll_s = LOAD_POLL_S
 
     def session(self) -> aiohttp.ClientSession:
         """The pooled session of the running loop (no cookie jar: cookies travel per request, explicitly)."""
@@ -109,10 +131,63 @@ class Transport:
             self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
             self._slots = asyncio.Semaphore(self.max_connections)
             self._loop = loop
+            if self._watch_wanted:
+                self._start_watching()
         return self._session
 
+    def watch_load(self, interval_s: float | None = None) -> None:
+        """Read every replica's /metrics in the background from now on (on the running loop), until `aclose`;
+        every `interval_s` seconds if given (the shortest asked for wins), else `LOAD_POLL_S`."""
+        if interval_s is not None:
+            self.load_poll_s = min(self.load_poll_s, interval_s)
+        self._watch_wanted = self.replicas is not None
+        self.session()
+        if self._watch_wanted and (self._watcher is None or self._watcher.done()):
+            self._start_watching()
+
+    def _start_watching(self) -> None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="sparring-load-poller")
+
+    async def _watch(self) -> None:
+        assert self.replicas is not None
+        while True:
+            urls = [url for url in self.replicas.urls if url not in self._no_metrics]
+            if not urls:
+                return
+            await asyncio.gather(*(self._read_load(url) for url in urls))
+            await asyncio.sleep(self.load_poll_s)
+
+    async def _read_load(self, base_url: str) -> None:
+        """One read of `base_url`'s metrics into the replica set; any failure just leaves the last reading."""
+        assert self.replicas is not None
+        timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 5.0))
+        try:
+            async with self.session().get(
+                server_root(base_url) + "/metrics", headers=self.headers, timeout=timeout
+            ) as response:
+                if response.status == 404:
+                    self._no_metrics.add(base_url)
+                    return
+                if response.status != 200:
+                    return
+                text = await response.content.read(METRICS_MAX_BYTES)
+        except (TimeoutError, aiohttp.ClientError):
+            return
+        load = parse_server_load(text.decode("utf-8", "replace"), time.monotonic())
+        if load is None:
+            self._no_metrics.add(base_url)  # answers, but not vLLM's gauges: nothing to learn there
+            return
+        self.replicas.report_load(base_url, load)
+
     async def aclose(self) -> None:
-        """Close the pooled session (idempotent; only on the loop that opened it)."""
+        """Close the pooled session and stop reading metrics (idempotent; only on the loop that opened it)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            if self._loop is asyncio.get_running_loop():
+                await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._session is not None and not self._session.closed and self._loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = None
@@ -265,3 +340,42 @@ class Transport:
     def _finished(self, replica: str | None, healthy: bool | None) -> None:
         if replica is not None and self.replicas is not None:
             self.replicas.finished(replica, ok=healthy)
+
+
+def server_root(base_url: str) -> str:
+    """The server's root URL for an OpenAI base URL (`http://h:8000/v1` -> `http://h:8000`): where vLLM
+    serves /metrics and its dev-mode endpoints."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def parse_server_load(text: str, at: float) -> ServerLoad | None:
+    """vLLM's requests running and waiting (summed over its engines) and KV-cache usage (the highest) from
+    Prometheus text; None when the gauges are not there or not finite numbers."""
+    seen: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        labels_end = line.rfind("}")
+        if labels_end >= 0:
+            name, values = line.split("{", 1)[0], line[labels_end + 1 :].split()
+        else:
+            name, *values = line.split()
+        field_name = _GAUGES.get(name)
+        if field_name is None:
+            continue
+        try:
+            value = float(values[0])
+        except (IndexError, ValueError):
+            return None
+        if not math.isfinite(value) or value < 0:
+            return None
+        seen.setdefault(field_name, []).append(value)
+    if len(seen) < len(_GAUGES):
+        return None
+    return ServerLoad(
+        running=sum(seen["running"]),
+        waiting=sum(seen["waiting"]),
+        kv_cache_usage=min(max(seen["kv_cache_usage"]), 1.0),
+        at=at,
+    )

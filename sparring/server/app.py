@@ -30,6 +30,7 @@ from sparring.envs.registry import environment_names, get_environment
 from sparring.graphs.episode import build_graph
 from sparring.server import nemo_gym
 from sparring.server.gate import Overloaded
+from sparring.server.routes import weights
 from sparring.server.schemas import (
     AggregateMetricsRequest,
     AggregateMetricsResponse,
@@ -230,6 +231,7 @@ def create_app(
         return HealthResponse(status="ok")
 
     app.include_router(router, dependencies=auth)
+    app.include_router(weights.router(), dependencies=auth)
     for extra in extra_routers:
         app.include_router(extra, dependencies=auth)
     app.add_api_route(

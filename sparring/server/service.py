@@ -24,6 +24,7 @@ from sparring.core.record import aborted_record
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.batch import INTERRUPTED, BatchItem, BatchRunner
 from sparring.engine.engine import Engine
+from sparring.engine.weights import WeightOptions
 from sparring.models.latency import LatencyHistogram
 from sparring.models.transport import Transport
 from sparring.server.gate import EpisodeGate
@@ -133,7 +134,12 @@ class RolloutService:
         registry: CollectorRegistry,
     ) -> None:
         self.settings = settings
-        self.engine = Engine(config_for, env=settings.default_env, max_clients=settings.max_sampling_variants)
+        self.engine = Engine(
+            config_for,
+            env=settings.default_env,
+            max_clients=settings.max_sampling_variants,
+            weight_options=WeightOptions(pause_timeout_s=settings.pause_timeout_s, adapter_roots=settings.adapter_dirs),
+        )
         self.gate = EpisodeGate(settings.max_concurrent_episodes, settings.max_queued_episodes)
         self.runners: set[BatchRunner] = set()
         self.draining = False

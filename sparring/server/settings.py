@@ -36,3 +36,7 @@ class ServerSettings:
     readiness_timeout_s: float = 3.0
     max_sampling_variants: int = 16
     """Distinct sampling settings (each needs its own model clients) kept warm; idle ones beyond are closed."""
+    pause_timeout_s: float = 300.0
+    """A weight-sync pause with no resume for this long resumes on its own (a request may set its own)."""
+    adapter_dirs: tuple[str, ...] = ()
+    """Folders (on the vLLM machines) LoRA adapters may be loaded from; none: adapter updates are refused."""

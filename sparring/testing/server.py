@@ -419,7 +419,14 @@ class FakeModelServer:
         target = self._target(model)
         if self.record:
             adapter = target.adapter if target is not None else None
-            entry = {"path": request.path, "model": model, "body": body, "headers": request.headers, "adapter": adapter}
+            entry = {
+                "path": request.path,
+                "model": model,
+                "body": body,
+                "headers": request.headers,
+                "adapter": adapter,
+                "weight_version": self.engine.weight_version,  # the server's, when the request arrived
+            }
             self.requests.append(entry)
         if target is None:
             raise model_not_found(model, list(self.responders) if list_aliases else None)
