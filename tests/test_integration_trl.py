@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import queue
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,64 @@ def test_rollout_rows_mask_an_episode_without_policy_tokens() -> None:
         [[0]],
         [None],
     )
+
+
+async def test_async_grpo_samples_go_through_trls_own_queue_filter_and_collator() -> None:
+    """TRL's AsyncGRPOTrainer needs a GPU kernel, but the path a rollout worker feeds runs on CPU with TRL's
+    classes: RolloutSample -> RolloutQueueDataset (staleness filter) -> FixedCountBatcher -> DataCollatorForRollout."""
+    from collections import defaultdict
+
+    from accelerate import PartialState
+    from trl.experimental.async_grpo.async_grpo_trainer import (
+        DataCollatorForRollout,
+        FixedCountBatcher,
+        RolloutQueueDataset,
+    )
+
+    from sparring.integrations.trl import SparringRolloutWorker
+
+    responders = {"policy": move_by_repeat, "user": TicTacToePlayer(O_PREFERENCE)}
+    async with FakeModelServer(responders) as server:
+        settings = EpisodeSettings(
+            policy_base_urls=[server.base_url],
+            user_base_urls=[server.base_url],
+            token_mode="tito",
+            policy_tokenizer="sparring-fake:chatml",
+            request_timeout_s=10.0,
+        )
+        engine = Engine(settings)
+        worker = SparringRolloutWorker(
+            engine, tasks=[TWO_TURNS], num_generations=G, weights=LoadAdapter(server, engine, settings)
+        )
+        worker.start()
+        try:
+            samples = [await asyncio.to_thread(worker.rollout_buffer.get, timeout=60) for _ in range(G)]
+            worker.check_health(stale_after_s=600)
+        finally:
+            await asyncio.to_thread(worker.stop)
+
+    assert {s.group_id for s in samples} == {0}
+    assert sorted(s.advantage for s in samples) == pytest.approx([-1, -1, 1, 1]), "2 wins, 2 losses: population std"
+    for s in samples:
+        assert len(s.input_ids) == len(s.completion_mask) == len(s.old_log_probs)
+        assert set(s.completion_mask.tolist()) == {0, 1}
+        assert (s.old_log_probs[s.completion_mask == 0] == 0).all()
+
+    PartialState()  # TRL logs stale drops through accelerate's state
+    rollout_queue: queue.Queue = queue.Queue()
+    for s in samples:
+        rollout_queue.put(s)
+    metrics: dict = defaultdict(list)
+    dataset = RolloutQueueDataset(
+        rollout_queue=rollout_queue,
+        model_version_fn=lambda: 0,
+        check_health_fn=lambda stale_after_s: None,
+        stale_after_s=60.0,
+        metrics=metrics,
+        max_staleness=1,
+    )
+    rows = next(iter(FixedCountBatcher(dataset, num_processes=1, microbatch_size=G)))
+    batch = DataCollatorForRollout(pad_token_id=0, num_processes=1, metrics=metrics).torch_call([rows])
+    trained = int(sum(int(s.completion_mask[1:].sum()) for s in samples))
+    assert int((batch["token_index"] >= 0).sum()) == trained, "one loss term per token the policy sampled"
+    assert sorted({round(a, 6) for a in batch["advantages"].flatten().tolist()}) == [-1.0, 1.0]

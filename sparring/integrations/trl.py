@@ -192,6 +192,7 @@ class SparringRollout:
             if engine is not None
             else _client_player(client, env, self.settings)
         )
+        self._aclose = engine.aclose if engine is not None else client.aclose
         if weights is not None:
             self.weights: WeightSink | None = weights
         elif self.adapter_dir is not None:
@@ -246,11 +247,12 @@ class SparringRollout:
         return rows
 
     def close(self) -> None:
-        """Stop the bridge's event loop thread (episodes started ahead are cancelled)."""
+        """End the episodes started ahead, close the engine's (or client's) HTTP sessions, which live on the
+        bridge's event loop, and stop that loop."""
         if self._pending is not None:
             self._pending.future.cancel()
             self._pending = None
-        self._loop.stop()
+        self._loop.stop(self._aclose())
 
     # -- weights ---------------------------------------------------------------------------------------
 
@@ -404,6 +406,7 @@ class SparringRolloutWorker:
         self._play: PlayFn = (
             _engine_player(engine, env, settings) if engine is not None else _client_player(client, env, settings)
         )
+        self._aclose = engine.aclose if engine is not None else client.aclose
         self.weights = (
             weights
             if weights is not None
@@ -412,6 +415,7 @@ class SparringRolloutWorker:
         self._tasks = _cycle(tasks)
         self._loop: _LoopThread | None = None
         self._run: Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
         self._last_sample = time.monotonic()
         self._group_counter = 0
@@ -425,13 +429,18 @@ class SparringRolloutWorker:
         self._run = self._loop.submit(self._produce())
 
     def stop(self) -> None:
-        """Stop producing; episodes in flight are cancelled (TRL calls it at the end of training)."""
+        """Stop producing: episodes in flight are cancelled, the engine's (or client's) HTTP sessions closed (TRL
+        calls it at the end of training)."""
         self._stopping.set()
-        if self._run is not None:
-            self._run.cancel()
         if self._loop is not None:
-            self._loop.stop()
+            self._loop.stop(self._shutdown())
             self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._aclose()
 
     def update_model_version(self, model_version: int) -> None:
         """The trainer's new policy version: tag what is sampled from now on with it."""
@@ -449,13 +458,19 @@ class SparringRolloutWorker:
             raise RuntimeError(f"sparring rollout worker produced no sample for {stale_after_s:.0f} s")
 
     async def _produce(self) -> None:
+        self._task = asyncio.current_task()
         running: set[asyncio.Task[None]] = set()
-        while not self._stopping.is_set():
-            while len(running) < self.groups_in_flight:
-                running.add(asyncio.ensure_future(self._group(next(self._tasks))))
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                finished.result()
+        try:
+            while not self._stopping.is_set():
+                while len(running) < self.groups_in_flight:
+                    running.add(asyncio.ensure_future(self._group(next(self._tasks))))
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    finished.result()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _group(self, task: dict[str, Any]) -> None:
         group_id = self._group_counter
@@ -463,8 +478,7 @@ class SparringRolloutWorker:
         scheduled = self.model_version
         records = await asyncio.gather(*(self._play(task, group_id, i) for i in range(self.num_generations)))
         samples = rollout_samples(records, group_id=group_id, scheduled_version=scheduled)
-        for sample in samples:
-            await asyncio.to_thread(self.rollout_buffer.put, sample)
+        await asyncio.to_thread(_put_all, self.rollout_buffer, samples)  # a group stays together in the queue
         self._last_sample = time.monotonic()
         rewards = [r["reward"] for r in records if r.get("reward") is not None]
         self.metrics_queue.put(
@@ -472,6 +486,11 @@ class SparringRolloutWorker:
             if rewards
             else {"sparring/episodes": float(len(records))}
         )
+
+
+def _put_all(into: queue.Queue[Any], items: Sequence[Any]) -> None:
+    for item in items:
+        into.put(item)
 
 
 def rollout_samples(records: Sequence[Mapping[str, Any]], *, group_id: int, scheduled_version: int = 0) -> list[Any]:
@@ -581,10 +600,15 @@ class _LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.submit(coro).result()
 
-    def stop(self) -> None:
+    def stop(self, last: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Run `last` (a clean-up) on the loop, then stop the loop and its thread."""
         if self._loop.is_running():
+            if last is not None:
+                self.run(last)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
+        elif last is not None:
+            last.close()
         self._loop.close()
 
 
