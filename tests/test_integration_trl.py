@@ -106,6 +106,9 @@ class LoadAdapter:
         policy.control.adapter = name
         policy.control.version = version
 
+    async def current(self) -> str | None:
+        return None
+
 
 def test_prompts_are_tasks() -> None:
     (prompt,) = task_prompts([WIN_IN_ONE])
@@ -204,7 +207,7 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
     # The adapter trained, was saved per step, and the server loaded each version.
     changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(before[n], p)]
     assert changed and all("lora_" in n for n in changed)
-    assert [Path(path).name for _, _, path in adapter_loads] == ["v0", "v1"]
+    assert [Path(path).name for _, _, path in adapter_loads] == ["step0", "step1"]
     assert [h.step for h in rollout.history] == [0, 1]
 
 

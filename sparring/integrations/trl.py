@@ -23,8 +23,8 @@ TRL scores as unscorable (advantage 0).
 
 Weights: TRL pushes weights to vLLM only with `use_vllm` (its own server). Without it, the bridge
 pushes the trainer's LoRA adapter through sparring's weight sync whenever `trainer.state.global_step`
-changed since the last call: it saves `adapter_dir/v{step}` and tells sparring to load it as version
-`step` (every policy call then goes to it, and records the version that sampled it); the simulated
+changed since the last call: it saves `adapter_dir/step{step}` and tells sparring to load it as the next
+version (every policy call then goes to it, and records the version that sampled it); the simulated
 user keeps the base model. With `ahead=1` the next step's episodes are played while the trainer
 trains (one step of staleness; see `SparringRollout`).
 
@@ -55,14 +55,20 @@ from sparring.integrations.samples import episode_sample
 
 T = TypeVar("T")
 
-PlayFn = Callable[[dict[str, Any], int, int], Awaitable[dict[str, Any]]]
-"""(task, task_index, repeat_index) -> record: how the bridge plays one episode."""
+PlayGroup = Callable[[dict[str, Any], int, int], Awaitable[list[dict[str, Any]]]]
+"""(task, group number, n) -> the n records of one group: how a bridge plays (engine or service)."""
 
 
 class WeightSink(Protocol):
-    """Where the bridge sends a new policy version: sparring's weight sync (engine or service)."""
+    """Where a bridge sends a new policy version: sparring's weight sync (`engine.weights`, or the service's)."""
 
-    async def update(self, version: str, adapter: str | None) -> None: ...
+    async def update(self, version: str, adapter: str | None) -> None:
+        """Make `version` current; with `adapter` (an absolute folder the model servers read), load it first."""
+        ...
+
+    async def current(self) -> str | None:
+        """The version sparring or the servers have now (None: none set)."""
+        ...
 
 
 # -- prompts and tasks ------------------------------------------------------------------------------------
@@ -136,6 +142,7 @@ class _Batch:
 
     tasks: list[dict[str, Any]]
     groups: list[int]
+    """One number per group of num_generations tasks."""
     future: Future[list[dict[str, Any]]]
     started: float
 
@@ -148,6 +155,11 @@ class SparringRollout:
     servers to load (they must see this path); None: no weight push (the weights reach the servers some other
     way, or the run is an evaluation). `output`: a JSONL file every record is appended to (the run's data,
     with the version of every call). `concurrency`: episodes in flight.
+
+    Versions: the servers' weights at trainer step `s` are version `first_version + s`, an integer label as
+    sparring's weight sync wants (it refuses a version that is not newer). `first_version` None continues
+    from the servers' current integer version (+1, or 0 when they have none), so a second run against the
+    same servers needs no restart.
 
     `ahead=1` overlaps rollouts with training: each call returns the episodes started during the previous
     step and starts the next call's at once, so they are sampled by the adapter of the step before (one step
@@ -171,9 +183,12 @@ class SparringRollout:
         concurrency: int = 32,
         ahead: int = 0,
         tasks: Iterable[Mapping[str, Any]] | None = None,
+        first_version: int | None = None,
     ) -> None:
         if (engine is None) == (client is None):
-            raise UsageError("SparringRollout needs exactly one of engine= (play here) or client= (a sparring service)")
+            raise UsageError(
+                "SparringRollout needs exactly one of engine= (play here) or client= (an AsyncSparringClient)"
+            )
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         if ahead not in (0, 1):
@@ -187,27 +202,29 @@ class SparringRollout:
         self.concurrency = concurrency
         self.ahead = ahead
         self._tasks: Iterator[dict[str, Any]] | None = _cycle(tasks) if tasks is not None else None
-        self._play: PlayFn = (
-            _engine_player(engine, env, self.settings)
-            if engine is not None
-            else _client_player(client, env, self.settings)
-        )
+        self._play: PlayGroup = player(engine, client, env, self.settings, concurrency)
         self._aclose = engine.aclose if engine is not None else client.aclose
         if weights is not None:
             self.weights: WeightSink | None = weights
         elif self.adapter_dir is not None:
-            self.weights = _engine_weights(engine) if engine is not None else _client_weights(client)
+            self.weights = weight_sink(engine, client)
         else:
             self.weights = None
-        self.version: int | None = None
-        """The trainer step whose weights the servers have (None before the first call)."""
+        self.first_version = first_version
+        self.step: int | None = None
+        """The trainer step whose weights the servers have (None before the first push)."""
         self.history: list[StepLog] = []
         self.records: list[dict[str, Any]] = []
         """The last call's records, in row order."""
         self._loop = _LoopThread()
         self._group_counter = 0
         self._pending: _Batch | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+
+    def version_of(self, step: int) -> int:
+        """The version label (as an integer) of the weights at trainer step `step`."""
+        if self.first_version is None:
+            raise UsageError("no version yet: the first rollout_func call numbers them")
+        return self.first_version + step
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         """TRL calls this with the generation batch's prompts (each repeated num_generations times)."""
@@ -218,11 +235,12 @@ class SparringRollout:
             raise UsageError("SparringRollout pushes weights from one process; run the trainer in a single process")
         step = int(trainer.state.global_step)
         log = StepLog(step=step, version=None, episodes=len(prompts))
-        if self.weights is not None and step != self.version:
+        if self.weights is not None and step != self.step:
             started = time.perf_counter()
             self._push(trainer, step)
             log.push_s = time.perf_counter() - started
-        log.version = None if self.version is None else str(self.version)
+        trained_at = None if self.first_version is None else self.version_of(step)
+        log.version = None if trained_at is None else str(trained_at)
 
         waited = time.perf_counter()
         if self.ahead:
@@ -240,7 +258,7 @@ class SparringRollout:
                 for record in records:
                     out.write(json.dumps(record) + "\n")
         pad = _pad_id(trainer)
-        rows = rollout_rows(records, pad_id=pad, trained_at=step)
+        rows = rollout_rows(records, pad_id=pad, trained_at=trained_at)
         log.rewards = list(rows["sparring_reward"])
         log.staleness = [s for s in rows["sparring_staleness"] if s is not None]
         self.history.append(log)
@@ -257,7 +275,12 @@ class SparringRollout:
     # -- weights ---------------------------------------------------------------------------------------
 
     def _push(self, trainer: Any, step: int) -> None:
-        """Save the trainer's adapter for `step` and make it the policy's weights, version `step`."""
+        """Save the trainer's adapter for `step` and make it the policy's weights, version `version_of(step)`."""
+        assert self.weights is not None
+        if self.first_version is None:
+            current = self._loop.run(self.weights.current())
+            number = None if current is None else _as_int(current)
+            self.first_version = 0 if number is None else number + 1
         adapter: str | None = None
         if self.adapter_dir is not None:
             model = trainer.accelerator.unwrap_model(trainer.model)
@@ -266,11 +289,11 @@ class SparringRollout:
                     "SparringRollout pushes LoRA adapters: train with peft_config=LoraConfig(...), or pass "
                     "adapter_dir=None and sync the weights yourself"
                 )
-            path = self.adapter_dir / f"v{step}"
+            path = self.adapter_dir / f"step{step}"
             model.save_pretrained(str(path))
             adapter = str(path.resolve())
-        self._loop.run(self.weights.update(str(step), adapter))  # type: ignore[union-attr]
-        self.version = step
+        self._loop.run(self.weights.update(str(self.version_of(step)), adapter))
+        self.step = step
 
     # -- episodes --------------------------------------------------------------------------------------
 
@@ -294,8 +317,8 @@ class SparringRollout:
 
     def _start(self, tasks: list[dict[str, Any]], num_generations: int) -> _Batch:
         groups = []
-        for start in range(0, len(tasks), num_generations):
-            groups += [self._group_counter] * min(num_generations, len(tasks) - start)
+        for _ in range(0, len(tasks), num_generations):
+            groups.append(self._group_counter)
             self._group_counter += 1
         future = self._loop.submit(self._play_all(tasks, groups, num_generations))
         return _Batch(tasks=tasks, groups=groups, future=future, started=time.perf_counter())
@@ -303,15 +326,10 @@ class SparringRollout:
     async def _play_all(
         self, tasks: list[dict[str, Any]], groups: list[int], num_generations: int
     ) -> list[dict[str, Any]]:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
-        semaphore = self._semaphore
-
-        async def one(i: int) -> dict[str, Any]:
-            async with semaphore:
-                return await self._play(tasks[i], groups[i], i % num_generations)
-
-        return list(await asyncio.gather(*(one(i) for i in range(len(tasks)))))
+        played = await asyncio.gather(
+            *(self._play(tasks[i * num_generations], group, num_generations) for i, group in enumerate(groups))
+        )
+        return [record for group in played for record in group]
 
 
 def rollout_rows(
@@ -403,15 +421,9 @@ class SparringRolloutWorker:
         self.metrics_queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self.model_version = 0
         settings = dict(settings or {})
-        self._play: PlayFn = (
-            _engine_player(engine, env, settings) if engine is not None else _client_player(client, env, settings)
-        )
+        self._play: PlayGroup = player(engine, client, env, settings, groups_in_flight * num_generations)
         self._aclose = engine.aclose if engine is not None else client.aclose
-        self.weights = (
-            weights
-            if weights is not None
-            else (_engine_weights(engine) if engine is not None else _client_weights(client))
-        )
+        self.weights = weights if weights is not None else weight_sink(engine, client)
         self._tasks = _cycle(tasks)
         self._loop: _LoopThread | None = None
         self._run: Future[None] | None = None
@@ -476,7 +488,7 @@ class SparringRolloutWorker:
         group_id = self._group_counter
         self._group_counter += 1
         scheduled = self.model_version
-        records = await asyncio.gather(*(self._play(task, group_id, i) for i in range(self.num_generations)))
+        records = await self._play(task, group_id, self.num_generations)
         samples = rollout_samples(records, group_id=group_id, scheduled_version=scheduled)
         await asyncio.to_thread(_put_all, self.rollout_buffer, samples)  # a group stays together in the queue
         self._last_sample = time.monotonic()
@@ -548,38 +560,72 @@ def _continuation(record: Mapping[str, Any]) -> list[dict[str, str]]:
 # -- players and weight sinks ------------------------------------------------------------------------------
 
 
-def _engine_player(engine: Engine, env: str | None, settings: Mapping[str, Any]) -> PlayFn:
-    async def play(task: dict[str, Any], task_index: int, repeat_index: int) -> dict[str, Any]:
-        return await engine.play(
-            task, env=env, settings=settings or None, task_index=task_index, repeat_index=repeat_index
-        )
+def player(
+    engine: Engine | None, client: Any, env: str | None, settings: Mapping[str, Any], concurrency: int
+) -> PlayGroup:
+    """How a bridge plays a group: `engine.play` per episode (at most `concurrency` at once), or one
+    `rollouts(task, repeats=n)` request of an `AsyncSparringClient` (the service bounds its own concurrency)."""
+    overrides = dict(settings) or None
+    if engine is None:
 
-    return play
+        async def play_remote(task: dict[str, Any], group: int, n: int) -> list[dict[str, Any]]:
+            return list(await client.rollouts(task, env=env, repeats=n, settings=overrides))
+
+        return play_remote
+    slots: asyncio.Semaphore | None = None
+
+    async def play_here(task: dict[str, Any], group: int, n: int) -> list[dict[str, Any]]:
+        nonlocal slots
+        if slots is None:  # made on the loop that plays
+            slots = asyncio.Semaphore(concurrency)
+
+        async def one(repeat: int) -> dict[str, Any]:
+            async with slots:
+                return await engine.play(task, env=env, settings=overrides, task_index=group, repeat_index=repeat)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return play_here
 
 
-def _client_player(client: Any, env: str | None, settings: Mapping[str, Any]) -> PlayFn:
-    async def play(task: dict[str, Any], task_index: int, repeat_index: int) -> dict[str, Any]:
-        return await client.rollout(
-            task, env=env, settings=settings or None, task_index=task_index, repeat_index=repeat_index
-        )
-
-    return play
+def weight_sink(engine: Engine | None, client: Any) -> WeightSink:
+    """sparring's weight sync as a bridge calls it: `engine.weights`, or the service's through its client."""
+    return _EngineWeights(engine) if engine is not None else _ServiceWeights(client)
 
 
-def _engine_weights(engine: Engine) -> WeightSink:
-    return _Weights(lambda version, adapter: engine.weights.update(version=version, adapter=adapter))  # type: ignore[attr-defined]
-
-
-def _client_weights(client: Any) -> WeightSink:
-    return _Weights(lambda version, adapter: client.weights.update(version=version, adapter=adapter))
-
-
-class _Weights:
-    def __init__(self, update: Callable[[str, str | None], Awaitable[Any]]) -> None:
-        self._update = update
+class _EngineWeights:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     async def update(self, version: str, adapter: str | None) -> None:
-        await self._update(version, adapter)
+        await self.engine.weights.update(version, adapter)
+
+    async def current(self) -> str | None:
+        info = await self.engine.weights.info()
+        return _newest([info.version, *(replica.version for replica in info.replicas)])
+
+
+class _ServiceWeights:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def update(self, version: str, adapter: str | None) -> None:
+        await self.client.update_weights(version, adapter=adapter)
+
+    async def current(self) -> str | None:
+        state = await self.client.weights()
+        return _newest([state.version, *(replica.version for replica in state.replicas)])
+
+
+def _newest(versions: Sequence[str | None]) -> str | None:
+    """The highest integer label among these (the servers' own `default` and other labels do not count)."""
+    numbers = [n for n in (_as_int(v) for v in versions if v is not None) if n is not None]
+    return str(max(numbers)) if numbers else None
+
+
+def _as_int(version: str) -> int | None:
+    text = version.strip()
+    return int(text) if text.isdigit() else None
 
 
 # -- a private event loop for a synchronous caller ---------------------------------------------------------
