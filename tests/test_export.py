@@ -244,6 +244,8 @@ def test_an_output_that_cannot_be_written_fails_in_one_line_before_reading(tmp_p
     )
     assert main(["export", str(source), "-o", "/proc/rows.jsonl"]) == 2
     assert "--output /proc/rows.jsonl: cannot write there" in capsys.readouterr().err
+
+
 def labelled(record: dict[str, Any], label: str) -> dict[str, Any]:
     return {**record, "attribution": {"label": label, "reasons": [], "judge": None}}
 

@@ -10,11 +10,16 @@ change a value they were given, so every checkpoint holds exactly its own step's
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,  # pydantic (Studio's schemas) needs it on Python < 3.12
+)
 
 from langchain_core.messages import AnyMessage
 from pydantic import WithJsonSchema
-from typing_extensions import NotRequired, TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
+from typing_extensions import TypedDict
 
 from sparring.core.attribution import Attribution
 from sparring.core.ledger import LedgerEntry

@@ -50,8 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparring.core.attribution import LABELS
 from sparring.core.errors import InputError, UsageError
-from sparring.engine.output import check_output_path
 from sparring.core.versions import VersionSpan, append_spans
+from sparring.engine.output import check_output_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
