@@ -30,6 +30,7 @@ from sparring.core.settings import EpisodeSettings
 from sparring.engine.engine import Engine
 from sparring.envs.base import Verdict
 from sparring.models.client import Completion, ModelClient
+from sparring.models.generation import GenerationControl
 from sparring.models.pool import ClientPool
 from sparring.tools.specs import ToolSpec
 
@@ -184,6 +185,7 @@ class PolicyBridge:
 
     def __init__(self) -> None:
         self.seats: dict[str, Seat] = {}
+        self.control = GenerationControl()  # never closed, no adapter, no version: the policy's weights are not ours
 
     async def chat(
         self,
