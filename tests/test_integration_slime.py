@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from sparring.integrations import slime
-from sparring.testing import FakeModelServer, TicTacToePlayer
+from sparring.testing import FakeModelServer, FakeTokenizer, TicTacToePlayer
 from sparring.testing.responders import O_PREFERENCE, X_PREFERENCE
 
 TASK = {"id": "from-centre", "limits": {"max_turns": 2}}
@@ -107,8 +107,10 @@ async def scripted(monkeypatch) -> AsyncIterator[FakeModelServer]:
 
 async def test_generate_samples_the_policy_in_slimes_engine_and_fills_the_sample(scripted, monkeypatch) -> None:
     monkeypatch.setenv("SPARRING_SLIME_POLICY", "sglang")
+    # slime's checkpoint folder: the scripted server's tokenizer stands for the one slime loads from it
+    monkeypatch.setattr(slime, "load_tokenizer", lambda folder: FakeTokenizer() if folder == "checkpoint" else None)
     async with sglang_over(scripted, version="7") as (port, served):
-        args = argparse.Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=port, hf_checkpoint="sparring-fake:")
+        args = argparse.Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=port, hf_checkpoint="checkpoint")
         sample = Sample(index=3, group_index=1, prompt=slime_prompt(TASK))
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "stop": None}
         out = await slime.generate(args, sample, params, evaluation=False)

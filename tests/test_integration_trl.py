@@ -139,7 +139,6 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
             policy_base_urls=[server.base_url],
             user_base_urls=[server.base_url],
             token_mode="tito",
-            policy_tokenizer="sparring-fake:chatml",
             request_timeout_s=10.0,
         )
         engine = Engine(settings)
@@ -242,7 +241,6 @@ async def test_async_grpo_samples_go_through_trls_own_queue_filter_and_collator(
             policy_base_urls=[server.base_url],
             user_base_urls=[server.base_url],
             token_mode="tito",
-            policy_tokenizer="sparring-fake:chatml",
             request_timeout_s=10.0,
         )
         engine = Engine(settings)

@@ -188,7 +188,7 @@ async def _make_bridge(args: Any) -> _Bridge:
     upstream = SGLangGenerate(f"http://{ip}:{port}/generate")
     server = TokenServer(upstream, load_tokenizer(checkpoint))
     await server.start()
-    explicit = {"policy_base_urls": [server.base_url], "policy_tokenizer": checkpoint, "token_mode": "tito"}
+    explicit = {"policy_base_urls": [server.base_url], "token_mode": "tito"}  # the token server renders prompts
     return _Bridge(Engine(lambda env: resolve_settings(env, explicit)), server, upstream)
 
 

@@ -48,7 +48,9 @@ SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "stop")
 
 
 class TokenServer:
-    """vLLM's `/v1/completions` (token-id prompts only) on 127.0.0.1, answered by `generate`.
+    """vLLM's `/v1/completions` (token-id prompts only) and `/v1/chat/completions/render` on 127.0.0.1,
+    answered by `generate` and the trainer's tokenizer: sparring renders prompts here, with the trainer's
+    own chat template, so the ids it trains on are the ones the trainer's tokenizer makes.
 
     `tokenizer` decodes the generated ids into the reply's text (sparring reads tool calls from it), with
     special tokens skipped as vLLM does. `versions` holds, per call, the version `generate` reported.
@@ -75,6 +77,7 @@ class TokenServer:
         app.add_routes(
             [
                 web.post("/v1/completions", self._completions),
+                web.post("/v1/chat/completions/render", self._render),
                 web.get("/v1/models", self._models),
                 web.get("/health", self._health),
             ]
@@ -130,6 +133,23 @@ class TokenServer:
             },
         }
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+    async def _render(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"the body is not JSON: {exc}")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            return _error(400, "messages must be a non-empty list of message objects")
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            return _error(400, "tools must be a list of tool objects")
+        text = self._tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=bool(body.get("add_generation_prompt", True)), tokenize=False
+        )
+        ids = self._tokenizer.encode(str(text), add_special_tokens=False)  # the template wrote every special token
+        return web.Response(body=orjson.dumps({"token_ids": ids}), content_type="application/json")
 
     async def _models(self, request: web.Request) -> web.Response:
         data = {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "trainer"}]}
