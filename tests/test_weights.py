@@ -19,7 +19,7 @@ import pytest
 from sparring import Engine, EpisodeSettings
 from sparring.core.errors import UsageError, WeightSyncFailed, WeightUpdateRefused
 from sparring.engine.batch import AdaptiveConcurrency, BatchItem, BatchRunner
-from sparring.engine.weights import WeightOptions, adapter_path_problem, version_problem
+from sparring.engine.weights import MIN_PAUSE_TIMEOUT_S, WeightOptions, adapter_path_problem, version_problem
 from sparring.models.replicas import ReplicaSet, ServerLoad
 from sparring.models.transport import parse_server_load
 from sparring.testing import FakeModelServer, TicTacToePlayer, TokenGate
@@ -157,7 +157,7 @@ async def test_a_pause_with_no_resume_resumes_on_its_own_and_logs_it(caplog: pyt
     async with servers() as [server], engine_on([server]) as engine:
         weights = engine.weights
         with caplog.at_level(logging.WARNING, logger="sparring.weights"):
-            await weights.pause("keep", timeout_s=0.05)
+            await weights.pause("keep", timeout_s=MIN_PAUSE_TIMEOUT_S)
             assert server.engine.is_paused and not weights.control.is_open
             await asyncio.wait_for(weights.control.wait_open(), HANG_UP)
         assert not server.engine.is_paused and not weights.paused and weights.auto_resumes == 1

@@ -65,6 +65,8 @@ from sparring.models.transport import Transport, server_root
 log = logging.getLogger("sparring.weights")
 
 PauseMode = Literal["keep", "wait", "abort"]
+MIN_PAUSE_TIMEOUT_S = 1.0
+"""A shorter pause could not outlast the requests that make it (and bounds a wait-mode pause's wait)."""
 PAUSE_MODES: tuple[PauseMode, ...] = ("keep", "wait", "abort")
 SERVER_DEFAULT_VERSION = "default"
 """vLLM's label for the weights it started with; never a label sparring sets."""
@@ -295,8 +297,8 @@ class WeightSync:
         timeout = self.options.pause_timeout_s if timeout_s is None else timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
             raise UsageError(f"pause timeout_s must be a finite number of seconds, got {timeout!r}")
-        if timeout <= 0:
-            raise UsageError(f"pause timeout_s must be above 0, got {timeout!r}")
+        if timeout < MIN_PAUSE_TIMEOUT_S:
+            raise UsageError(f"pause timeout_s must be at least {MIN_PAUSE_TIMEOUT_S:g} s, got {timeout!r}")
         async with self._locked():
             control = self.control
             control.close()

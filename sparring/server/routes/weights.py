@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparring.core.errors import UsageError, WeightSyncFailed, WeightUpdateRefused
-from sparring.engine.weights import MAX_ADAPTER_PATH, VERSION_PATTERN
+from sparring.engine.weights import MAX_ADAPTER_PATH, MIN_PAUSE_TIMEOUT_S, VERSION_PATTERN
 from sparring.server.routes import Service
 
 MAX_PAUSE_TIMEOUT_S = 86_400.0
@@ -53,7 +53,7 @@ class PauseRequest(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_PAUSE_TIMEOUT_S,
         le=MAX_PAUSE_TIMEOUT_S,
         allow_inf_nan=False,
         description="Resume on its own after this many seconds without a resume (default: --pause-timeout).",
