@@ -44,6 +44,7 @@ def test_every_operation_conforms_to_the_openapi_schema(api_schema: schemathesis
         @given(case=operation.as_strategy())
         @settings(
             max_examples=15,
+            derandomize=True,  # the same cases every run: CI fails on a change, never on a lucky draw
             deadline=None,
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
