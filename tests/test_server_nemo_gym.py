@@ -1,17 +1,14 @@
-"""`/run` and `/aggregate_metrics` answer in NeMo Gym's shapes (tests/nemo_gym_schema.py), over real HTTP."""
+"""`/run` and `/aggregate_metrics` over real HTTP: what sparring answers a NeMo Gym row, value by value.
+
+The answers' validity against NeMo Gym's own classes (the `nemo-gym` package, Python 3.13) is checked by
+tests/test_nemo_gym_types.py in .venv-nemo-gym, on these same rows (`ROW`, `run_row`, `AGGREGATE_INPUT`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
-from nemo_gym_schema import (
-    TRAINING_VARIANT,
-    AggregateMetrics,
-    AggregateMetricsRequest,
-    MultiTurnAgentRunRequest,
-    MultiTurnAgentVerifyResponse,
-)
 
 from sparring.cli import make_parser
 from sparring.cli.options import settings_from_args
@@ -63,15 +60,13 @@ async def run_row(row: dict[str, Any], responders: dict[str, Any] | None = None)
 
 
 async def test_run_answers_a_nemo_gym_row_in_the_verify_response_shape() -> None:
-    MultiTurnAgentRunRequest.model_validate(ROW)  # the row itself is a valid NeMo Gym row
     response, requests = await run_row(ROW)
     assert response.status_code == 200, response.text
     answer = response.json()
-    verified = MultiTurnAgentVerifyResponse.model_validate(answer)
     # The row's own fields travel through; the reward and the environment's result sit beside them.
     for key in ("verifier_metadata", "agent_ref", "_ng_task_index", "_ng_rollout_index"):
         assert answer[key] == ROW[key]
-    assert verified.reward == 1.0 and answer["game_result"] == "win"
+    assert answer["reward"] == 1.0 and answer["game_result"] == "win"
     # The request comes back with NeMo Gym's defaults filled in (each input item's `type`).
     assert answer["responses_create_params"]["input"] == [
         {**m, "type": "message"} for m in ROW["responses_create_params"]["input"]
@@ -94,7 +89,7 @@ async def test_each_policy_call_carries_its_exact_token_ids_on_its_last_item() -
     previous: list[int] = []
     for index in with_ids:
         item = output[index]
-        TRAINING_VARIANT[item["type"]].model_validate(item)  # NeMo Gym's ...ForTraining item, all three fields
+        assert item["type"] in ("message", "function_call") and isinstance(item["prompt_token_ids"], list)
         assert len(item["generation_token_ids"]) == len(item["generation_log_probs"]) > 0
         # Each call's prompt extends the previous prompt + generation: one sequence, nothing re-tokenised.
         assert item["prompt_token_ids"][: len(previous)] == previous
@@ -104,14 +99,16 @@ async def test_each_policy_call_carries_its_exact_token_ids_on_its_last_item() -
     assert answer["response"]["usage"]["output_tokens"] == sum(len(output[i]["generation_token_ids"]) for i in with_ids)
 
 
+STRING_ROW: dict[str, Any] = {
+    "responses_create_params": {"input": "Let's play tic-tac-toe, you are X."},
+    "user_model_system_prompt": "You are O. Move, then say one short sentence.",
+}
+
+
 async def test_a_string_input_and_a_per_row_user_prompt() -> None:
-    row = {
-        "responses_create_params": {"input": "Let's play tic-tac-toe, you are X."},
-        "user_model_system_prompt": "You are O. Move, then say one short sentence.",
-    }
-    response, requests = await run_row(row)
+    response, requests = await run_row(STRING_ROW)
     assert response.status_code == 200, response.text
-    MultiTurnAgentVerifyResponse.model_validate(response.json())
+    assert response.json()["reward"] == 1.0
     user_requests = [r for r in requests if r["model"] == "user"]
     assert user_requests[0]["body"]["messages"][0] == {
         "role": "system",
@@ -128,13 +125,15 @@ async def test_an_aborted_episode_is_a_502_that_keeps_its_record() -> None:
     assert body["record"]["status"] == "aborted" and body["record"]["reward"] is None
 
 
-async def test_aggregate_metrics_in_nemo_gym_shape() -> None:
-    responses = [
-        {"_ng_task_index": 0, "_ng_rollout_index": 0, "reward": 1.0, "response": {"usage": {"output_tokens": 10}}},
-        {"_ng_task_index": 0, "_ng_rollout_index": 1, "reward": 0.0, "response": {"usage": {"output_tokens": 20}}},
-        {"_ng_task_index": 1, "_ng_rollout_index": 0, "reward": 0.5, "won": True},
-    ]
-    AggregateMetricsRequest(verify_responses=responses)
+AGGREGATE_INPUT: list[dict[str, Any]] = [
+    {"_ng_task_index": 0, "_ng_rollout_index": 0, "reward": 1.0, "response": {"usage": {"output_tokens": 10}}},
+    {"_ng_task_index": 0, "_ng_rollout_index": 1, "reward": 0.0, "response": {"usage": {"output_tokens": 20}}},
+    {"_ng_task_index": 1, "_ng_rollout_index": 0, "reward": 0.5, "won": True},
+]
+
+
+async def aggregate(verify_responses: list[dict[str, Any]]) -> httpx.Response:
+    """sparring's `/aggregate_metrics` of these verify responses."""
     async with FakeModelServer({"policy": TicTacToePlayer(X_PREFERENCE)}) as models:
         args = make_parser().parse_args(
             ["serve", "--policy-base-url", models.base_url, "--user-base-url", models.base_url]
@@ -142,12 +141,19 @@ async def test_aggregate_metrics_in_nemo_gym_shape() -> None:
         app = create_app(ServerSettings(), lambda env: settings_from_args(args, env))
         with BackgroundServer(app) as server:
             async with httpx.AsyncClient(base_url=server.base_url) as client:
-                reply = await client.post("/aggregate_metrics", json={"verify_responses": responses})
-    metrics = AggregateMetrics.model_validate(reply.json())
-    assert metrics.agent_metrics["mean/reward"] == 0.5
-    assert metrics.agent_metrics["max/output_tokens"] == 20.0 and metrics.agent_metrics["median/reward"] == 0.5
-    assert metrics.agent_metrics["std/reward"] == 0.5
-    assert metrics.key_metrics == {k: v for k, v in metrics.agent_metrics.items() if k.startswith("mean/")}
-    by_task = {g["_ng_task_index"]: g for g in metrics.group_level_metrics}
+                return await client.post("/aggregate_metrics", json={"verify_responses": verify_responses})
+
+
+async def test_aggregate_metrics_in_nemo_gym_shape() -> None:
+    reply = await aggregate(AGGREGATE_INPUT)
+    assert reply.status_code == 200, reply.text
+    metrics = reply.json()
+    assert set(metrics) >= {"group_level_metrics", "agent_metrics", "key_metrics"}
+    agent = metrics["agent_metrics"]
+    assert agent["mean/reward"] == 0.5
+    assert agent["max/output_tokens"] == 20.0 and agent["median/reward"] == 0.5
+    assert agent["std/reward"] == 0.5
+    assert metrics["key_metrics"] == {k: v for k, v in agent.items() if k.startswith("mean/")}
+    by_task = {g["_ng_task_index"]: g for g in metrics["group_level_metrics"]}
     assert by_task[0]["mean/reward"] == 0.5 and by_task[1]["mean/won"] == 1.0
-    assert "mean/_ng_rollout_index" not in metrics.agent_metrics
+    assert "mean/_ng_rollout_index" not in agent

@@ -95,24 +95,52 @@ class EpisodeSample:
 
 def episode_sample(record: Mapping[str, Any]) -> EpisodeSample:
     """The trainer row of one rollout record; a record the cut cannot take raises `InputError` naming it."""
+    record_id, segments, calls = _trajectory(record)
+    if len(segments) > 1:
+        raise InputError(
+            f"record {record_id!r}: {len(segments)} token segments ({record['trajectory'].get('prefix_mismatches')} "
+            "prefix mismatches: the chat template re-rendered the history), and a trainer row needs one sequence; "
+            "collect with token mode tito"
+        )
+    return _sample(record, record_id, segments[0] if segments and calls else None, calls)
+
+
+def segment_samples(record: Mapping[str, Any]) -> list[EpisodeSample]:
+    """One row per token segment of a record, in ledger order (row k is segment k, cut with its own calls).
+
+    For records one row cannot hold without splicing: a `sparring gateway` session (its branches, and the
+    new segment a re-rendered history opens). Every row carries the record's reward, status and turns.
+    """
+    record_id, segments, calls = _trajectory(record)
+    rows = []
+    for index, segment in enumerate(segments):
+        own = [call for call in calls if call.get("segment") == index]
+        if not own:
+            raise InputError(f"record {record_id!r}: segment {index} has no policy call; the trajectory is malformed")
+        rows.append(_sample(record, record_id, segment, own))
+    return rows
+
+
+def _trajectory(record: Mapping[str, Any]) -> tuple[str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
     record_id = str(record.get("id") or "")
     trajectory = record.get("trajectory")
     if not isinstance(trajectory, Mapping):
         raise InputError(f"record {record_id!r}: no trajectory; is this a sparring rollout record?")
-    segments: Sequence[Mapping[str, Any]] = trajectory.get("segments") or ()
-    calls: Sequence[Mapping[str, Any]] = trajectory.get("calls") or ()
-    if len(segments) > 1:
-        raise InputError(
-            f"record {record_id!r}: {len(segments)} token segments ({trajectory.get('prefix_mismatches')} prefix "
-            "mismatches: the chat template re-rendered the history), and a trainer row needs one sequence; "
-            "collect with token mode tito"
-        )
+    return record_id, trajectory.get("segments") or (), trajectory.get("calls") or ()
+
+
+def _sample(
+    record: Mapping[str, Any],
+    record_id: str,
+    segment: Mapping[str, Any] | None,
+    calls: Sequence[Mapping[str, Any]],
+) -> EpisodeSample:
+    """The cut of one segment whose first call is `calls[0]` (no segment: an episode without policy tokens)."""
     prompt: list[int] = []
     response: list[int] = []
     mask: list[int] = []
     logprobs: list[float] = []
-    if segments and calls:
-        segment = segments[0]
+    if segment is not None:
         ids, loss_mask, lps = segment["token_ids"], segment["loss_mask"], segment["logprobs"]
         if not len(ids) == len(loss_mask) == len(lps):
             raise InputError(

@@ -4,9 +4,11 @@ verl and slime sync the trained weights into *their* rollout engines (verl's `se
 SGLang router), so in real training sparring's policy calls must be sampled there, or the trainer would
 learn from another policy's tokens. sparring's tito mode already speaks token in, token out: the prompt
 is the ledger's ids, the reply is ids plus logprobs. `TokenServer` serves that one endpoint
-(`POST /v1/completions` with a token-id prompt, as vLLM answers it) on 127.0.0.1 and answers it with a
-`generate(prompt_ids, sampling)` function the bridge gets from the trainer. Point the policy at its
-`base_url` (with the trainer's tokenizer as `policy_tokenizer`) and nothing else in sparring changes.
+(`POST /inference/v1/generate`, vLLM's token endpoint, which sparring's client tries first and which carries
+each call's weight version; and `POST /v1/completions` with a token-id prompt) on 127.0.0.1 and answers it with a
+`generate(prompt_ids, sampling)` function the bridge gets from the trainer. It also renders prompts
+(`POST /v1/chat/completions/render`) with the trainer's tokenizer and chat template, so the ids sparring
+trains on are the trainer's own. Point the policy at its `base_url` and nothing else in sparring changes.
 
 What is passed on: the token prompt, `max_tokens`, `temperature`, `top_p`, `top_k`, `stop`. What is not:
 vLLM's `structured_outputs` (the tool-call constraint of a required tool choice): the trainer's engine
@@ -42,7 +44,8 @@ class Generated:
 
 
 GenerateFn = Callable[[list[int], Mapping[str, Any]], Awaitable[Generated]]
-"""(prompt ids, sampling: max_tokens, temperature, top_p, top_k, stop) -> the generation."""
+"""(prompt ids, sampling: max_tokens, temperature, top_p, top_k, stop, plus `session_id`, the episode's id from
+sparring's `X-Session-ID` header, when the call carried one) -> the generation."""
 
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "stop")
 
@@ -76,6 +79,7 @@ class TokenServer:
         app = web.Application(client_max_size=64 * 2**20)
         app.add_routes(
             [
+                web.post("/inference/v1/generate", self._generate_tokens),
                 web.post("/v1/completions", self._completions),
                 web.post("/v1/chat/completions/render", self._render),
                 web.get("/v1/models", self._models),
@@ -94,45 +98,68 @@ class TokenServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _generate_tokens(self, request: web.Request) -> web.Response:
+        """vLLM's `/inference/v1/generate` (scale-out): ids and sampling in, ids, logprobs and versions out."""
+        body = await _json(request)
+        if isinstance(body, web.Response):
+            return body
+        params = body.get("sampling_params")
+        if not isinstance(params, dict):
+            return _error(400, "sampling_params must be an object")
+        out = await self._run(request, body.get("token_ids"), params)
+        if isinstance(out, web.Response):
+            return out
+        prompt, generated = out
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": generated.finish_reason,
+            "token_ids": generated.token_ids,
+            "text": self._tokenizer.decode(generated.token_ids, skip_special_tokens=True),
+            "logprobs": {"content": [{"logprob": lp} for lp in generated.logprobs]},
+            "weight_versions": _spans(generated),
+        }
+        return _reply(
+            {"id": f"gen-{next(self._ids)}", "model": body.get("model") or self.model}, choice, prompt, generated
+        )
+
     async def _completions(self, request: web.Request) -> web.Response:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"the body is not JSON: {exc}")
-        prompt = body.get("prompt") if isinstance(body, dict) else None
+        body = await _json(request)
+        if isinstance(body, web.Response):
+            return body
+        out = await self._run(request, body.get("prompt"), body)
+        if isinstance(out, web.Response):
+            return out
+        prompt, generated = out
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": self._tokenizer.decode(generated.token_ids, skip_special_tokens=True),
+            "token_ids": generated.token_ids,
+            "logprobs": {"token_logprobs": generated.logprobs},
+            "finish_reason": generated.finish_reason,
+        }
+        if generated.version is not None:
+            choice["weight_versions"] = _spans(generated)
+        head = {"id": f"cmpl-{next(self._ids)}", "object": "text_completion", "model": body.get("model") or self.model}
+        return _reply({**head, "prompt_token_ids": prompt}, choice, prompt, generated)
+
+    async def _run(
+        self, request: web.Request, prompt: Any, params: Mapping[str, Any]
+    ) -> tuple[list[int], Generated] | web.Response:
+        """Check the prompt, pass the sampling on (with the episode's id), and check what `generate` returned."""
         if not isinstance(prompt, list) or not prompt or not all(type(t) is int and t >= 0 for t in prompt):
-            return _error(400, "prompt must be a non-empty list of token ids (this server is token in, token out)")
-        sampling = {key: body[key] for key in SAMPLING_KEYS if body.get(key) is not None}
+            return _error(400, "the prompt must be a non-empty list of token ids (this server is token in, token out)")
+        sampling = {key: params[key] for key in SAMPLING_KEYS if params.get(key) is not None}
         if isinstance(sampling.get("stop"), str):
             sampling["stop"] = [sampling["stop"]]
+        if request.headers.get("X-Session-ID"):
+            sampling["session_id"] = request.headers["X-Session-ID"]
         self.calls += 1
         out = await self._generate(prompt, sampling)
         if out.finish_reason == "abort":
             return _error(503, "the trainer's engine aborted the generation (a weight update); retry it")
         if len(out.logprobs) != len(out.token_ids):
             return _error(502, f"the engine returned {len(out.token_ids)} ids but {len(out.logprobs)} logprobs")
-        choice: dict[str, Any] = {
-            "index": 0,
-            "text": self._tokenizer.decode(out.token_ids, skip_special_tokens=True),
-            "token_ids": out.token_ids,
-            "logprobs": {"token_logprobs": out.logprobs},
-            "finish_reason": out.finish_reason,
-        }
-        if out.version is not None:
-            choice["weight_versions"] = [{"version": out.version, "start": 0, "end": len(out.token_ids)}]
-        payload = {
-            "id": f"cmpl-{next(self._ids)}",
-            "object": "text_completion",
-            "model": body.get("model") or self.model,
-            "choices": [choice],
-            "prompt_token_ids": prompt,
-            "usage": {
-                "prompt_tokens": len(prompt),
-                "completion_tokens": len(out.token_ids),
-                "total_tokens": len(prompt) + len(out.token_ids),
-            },
-        }
-        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+        return prompt, out
 
     async def _render(self, request: web.Request) -> web.Response:
         try:
@@ -157,6 +184,30 @@ class TokenServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response()
+
+
+async def _json(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"the body is not JSON: {exc}")
+    return body if isinstance(body, dict) else _error(400, "the body must be a JSON object")
+
+
+def _spans(out: Generated) -> list[dict[str, Any]] | None:
+    """vLLM's version spans over the output: one span, the version that sampled every token."""
+    return None if out.version is None else [{"version": out.version, "start": 0, "end": len(out.token_ids)}]
+
+
+def _reply(head: dict[str, Any], choice: dict[str, Any], prompt: list[int], out: Generated) -> web.Response:
+    usage = {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": len(out.token_ids),
+        "total_tokens": len(prompt) + len(out.token_ids),
+    }
+    return web.Response(
+        body=orjson.dumps({**head, "choices": [choice], "usage": usage}), content_type="application/json"
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
