@@ -10,14 +10,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from sparring.server.background import BackgroundServer
-from sparring.server.security import (
-    BearerAuth,
-    BodySizeLimit,
-    HttpMetrics,
-    SecurityError,
-    metrics_endpoint,
-    resolve_api_key,
-)
+from sparring.web.auth import BearerAuth, SecurityError, resolve_api_key
+from sparring.web.body import BodySizeLimit
+from sparring.web.metrics import HttpMetrics, metrics_endpoint
 
 
 def make_app(api_key: str | None, max_bytes: int = 100) -> FastAPI:

@@ -9,13 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from sparring import __version__
 from sparring.gateway.routes import gateway_router
-from sparring.gateway.sessions import Gateway, GatewaySettings
+from sparring.gateway.sessions import Gateway
+from sparring.gateway.settings import DEFAULT_IDLE_TIMEOUT_S, GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.graphs.context import EpisodeConfig
 from sparring.models.pool import endpoint_config
-from sparring.server.security import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, HttpMetrics, metrics_endpoint
-
-DEFAULT_IDLE_TIMEOUT_S = 600.0
+from sparring.web.auth import BearerAuth
+from sparring.web.body import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from sparring.web.metrics import HttpMetrics, metrics_endpoint
 
 
 def build_gateway(
@@ -64,10 +65,10 @@ def create_app(
     app.add_middleware(HttpMetrics, registry=registry)
     auth = [Depends(BearerAuth(api_key))]
     app.include_router(gateway_router(gateway), dependencies=auth)
-
-    @app.get("/healthz", summary="The process is up (no auth)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.add_api_route("/healthz", _healthz, methods=["GET"], summary="The process is up (no auth)")
     app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], dependencies=auth, summary="Prometheus")
     return app
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "ok"}

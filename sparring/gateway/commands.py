@@ -19,8 +19,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add `gateway` to the main parser."""
-    from sparring.gateway.app import DEFAULT_IDLE_TIMEOUT_S
-    from sparring.server.security import API_KEY_VARIABLE, DEFAULT_MAX_BODY_BYTES
+    from sparring.gateway.settings import DEFAULT_IDLE_TIMEOUT_S
+    from sparring.web import API_KEY_VARIABLE, DEFAULT_MAX_BODY_BYTES
 
     parser = subparsers.add_parser(
         "gateway",
@@ -55,7 +55,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from sparring.gateway.app import build_gateway, create_app
-    from sparring.server.security import API_KEY_VARIABLE, resolve_api_key
+    from sparring.web.auth import API_KEY_VARIABLE, resolve_api_key
 
     config = episode_config(args, "tictactoe", roles=("policy",))
     registry = CollectorRegistry()

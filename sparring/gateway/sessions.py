@@ -1,9 +1,10 @@
-"""Gateway sessions: create, take calls, finish with a reward or a verifier, abort, time out when idle.
+"""Gateway sessions: create, finish with a reward or a verifier, abort, time out when idle.
 
 Every session that starts ends with a recorded status and a rollout record: `completed` or
 `truncated` through `finish`, `aborted` through `DELETE` (`cancelled`), the idle timeout
 (`idle_timeout`) or the gateway shutting down (`shutdown`). Records are kept for `GET` (the most
 recent `keep_ended` of them) and appended to the JSONL output, when there is one, as sessions end.
+The calls a session takes are `proxy.py`'s.
 """
 
 from __future__ import annotations
@@ -13,176 +14,21 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import aiohttp
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from prometheus_client import CollectorRegistry
 
-from sparring.gateway.branches import Branch, Branches
-from sparring.gateway.calls import Added, Answer, BadCall, StreamReader, prepare, take_reply
-from sparring.gateway.history import Fingerprint, fingerprint, fingerprints, message_errors
+from sparring.gateway.errors import InvalidCall, SessionEnded, SessionNotFound
+from sparring.gateway.history import fingerprints, message_errors
+from sparring.gateway.metrics import GatewayMetrics
 from sparring.gateway.record import session_record
+from sparring.gateway.schemas import CreateSession, FinishSession
+from sparring.gateway.session import Outcome, Session
+from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.gateway.verifiers import verify_session
-from sparring.models.client import CONTEXT_LENGTH_MARKERS, ModelUnavailable
-
-
-class SessionLimits(BaseModel):
-    """Per-session limits; unset ones fall back to the gateway's settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_calls: int | None = Field(None, ge=1, description="Model calls the session may make; more get 409.")
-    max_tokens_per_call: int | None = Field(None, ge=1, description="Cap on each call's max_tokens.")
-    idle_timeout_s: float | None = Field(None, gt=0, description="Seconds without calls before the session aborts.")
-
-
-class CreateSession(BaseModel):
-    """`POST /v1/sessions`: everything optional."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: dict[str, Any] = Field(default_factory=dict, description="The task row (its `id`, `env_seed`, ...).")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Kept in the record as is.")
-    limits: SessionLimits = Field(default_factory=SessionLimits)
-    task_index: int | None = Field(None, ge=0)
-    repeat_index: int = Field(0, ge=0)
-
-
-class FinishSession(BaseModel):
-    """`POST /v1/sessions/{id}/finish`: a reward, reward components (summed), or an environment's verifier."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reward: float | None = None
-    reward_components: dict[str, float] | None = None
-    verifier: str | None = Field(None, description="An environment whose verifier scores the session.")
-    env_state: Any = Field(None, description="The environment's final state for the verifier (else replayed).")
-    env_result: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Merged into the session's metadata.")
-    messages: list[dict[str, Any]] | None = Field(
-        None,
-        description="The agent's final history: the session's own (last request and reply) plus what came after "
-        "it, e.g. the tool results of the last move, which no model call saw. The tail joins the record.",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> FinishSession:
-        given = self.reward is not None or self.reward_components is not None
-        if given == (self.verifier is not None):
-            raise ValueError("give a reward (and/or reward_components) or a verifier, exactly one of the two")
-        if self.env_state is not None and self.verifier is None:
-            raise ValueError("env_state is read by a verifier only; name one")
-        return self
-
-
-class GatewayError(Exception):
-    """An answer other than 200, with the status it is given."""
-
-    status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class SessionNotFound(GatewayError):
-    status = 404
-
-
-class SessionEnded(GatewayError):
-    status = 409
-
-
-class InvalidCall(GatewayError):
-    status = 422
-
-
-class UpstreamFailed(GatewayError):
-    status = 502
-
-
-@dataclass(slots=True)
-class Session:
-    """One agent run in flight."""
-
-    id: str
-    task: dict[str, Any]
-    metadata: dict[str, Any]
-    limits: SessionLimits
-    idle_timeout_s: float
-    task_index: int | None
-    repeat_index: int
-    created_at: float = field(default_factory=time.time)
-    last_active: float = field(default_factory=time.monotonic)
-    branches: Branches = field(default_factory=Branches)
-    num_calls: int = 0
-    in_flight: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model_s: float = 0.0
-    truncation: str | None = None
-    unrecorded: list[dict[str, Any]] = field(default_factory=list)
-    closing: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def summary(self) -> dict[str, Any]:
-        """What `GET /v1/sessions/{id}` shows of a session in flight."""
-        now = time.monotonic()
-        return {
-            "session_id": self.id,
-            "status": "finishing" if self.closing else "active",
-            "created_at": self.created_at,
-            "idle_s": round(now - self.last_active, 3) if not self.in_flight else 0.0,
-            "idle_timeout_s": self.idle_timeout_s,
-            "num_calls": self.num_calls,
-            "in_flight": self.in_flight,
-            "branches": len(self.branches.items),
-            "prefix_mismatches": sum(b.ledger()["prefix_mismatches"] for b in self.branches.items),
-            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
-            "truncation": self.truncation,
-            "unrecorded_calls": len(self.unrecorded),
-            "task": self.task,
-            "metadata": self.metadata,
-            "limits": self.limits.model_dump(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """How the gateway treats sessions and what it adds to each call."""
-
-    model: str
-    sampling: dict[str, Any] = field(default_factory=dict)
-    """Defaults for what an agent's request leaves unset (temperature, top_p, max_tokens)."""
-    idle_timeout_s: float = 600.0
-    keep_ended: int = 1000
-    output: Path | None = None
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.active = Gauge("sparring_gateway_sessions_active", "Gateway sessions in flight.", registry=registry)
-        self.ended = Counter(
-            "sparring_gateway_sessions_ended", "Gateway sessions ended, by status.", ["status"], registry=registry
-        )
-        self.calls = Counter(
-            "sparring_gateway_calls",
-            "Chat calls through the gateway, by result (recorded, unrecorded, rejected, upstream_error).",
-            ["result"],
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "sparring_gateway_completion_tokens", "Sampled tokens recorded into ledgers.", registry=registry
-        )
-
-
-Outcome = tuple[Literal["completed", "truncated", "aborted"], str]
 
 
 class Gateway:
@@ -195,11 +41,9 @@ class Gateway:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.metrics = _Metrics(registry or CollectorRegistry())
+        self.metrics = GatewayMetrics(registry or CollectorRegistry())
         self._reaper: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
-
-    # -- lifecycle ------------------------------------------------------------------------------------
 
     def create(self, request: CreateSession) -> Session:
         """A new session, pinned to the least-loaded replica."""
@@ -219,6 +63,10 @@ class Gateway:
         self._ensure_reaper()
         return session
 
+    def holds(self, session: Session) -> bool:
+        """Whether the session is still open here (not ended, even if finishing)."""
+        return self.sessions.get(session.id) is session
+
     def active(self, session_id: str) -> Session:
         """A session in flight; 404 if unknown, 409 if it has ended or is finishing."""
         session = self.sessions.get(session_id)
@@ -237,6 +85,10 @@ class Gateway:
         if record is None:
             raise SessionNotFound(f"no session {session_id}")
         return record
+
+    def listing(self) -> list[dict[str, Any]]:
+        """The sessions in flight."""
+        return [session.summary() for session in self.sessions.values()]
 
     async def finish(self, session_id: str, request: FinishSession) -> dict[str, Any]:
         """Score the session once its calls in flight have answered, and end it with its record."""
@@ -345,188 +197,6 @@ class Gateway:
                     await self.abort(session.id, "idle_timeout", f"no call for {session.idle_timeout_s:g} s")
             shortest = min((s.idle_timeout_s for s in self.sessions.values()), default=1.0)
             await asyncio.sleep(min(1.0, shortest / 4))
-
-    # -- the OpenAI surface -----------------------------------------------------------------------------
-
-    async def models(self, session_id: str) -> tuple[int, bytes]:
-        """The policy server's model list, from the session's replica."""
-        self.active(session_id)
-        try:
-            return await self.upstream.get("/models", session_id)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamFailed(f"the policy server did not answer /models: {exc!r}") from None
-
-    async def chat(self, session_id: str, body: Any) -> tuple[int, bytes] | AsyncIterator[bytes]:
-        """One chat completion: (status, body) as the agent gets it, or the agent's event stream."""
-        session = self.active(session_id)
-        limit = session.limits.max_calls
-        if limit is not None and session.num_calls >= limit:
-            session.truncation = session.truncation or "max_calls"
-            self.metrics.calls.labels("rejected").inc()
-            raise SessionEnded(f"session {session_id} reached its limit of {limit} calls; finish it")
-        try:
-            upstream_body, added = prepare(
-                body, self.settings.model, self.settings.sampling, session.limits.max_tokens_per_call
-            )
-        except BadCall as exc:
-            self.metrics.calls.labels("rejected").inc()
-            raise InvalidCall(str(exc)) from None
-        messages = body["messages"]
-        prints = fingerprints(messages)
-        session.num_calls += 1
-        call = session.num_calls
-        branch = session.branches.assign(prints)
-        session.in_flight += 1
-        session.idle.clear()
-        session.last_active = time.monotonic()
-        payload = orjson.dumps(upstream_body)
-        started = time.perf_counter()
-        if upstream_body.get("stream"):
-            return await self._open_stream(session, branch, call, (messages, prints), payload, added, started)
-        try:
-            async with self.upstream.post("/chat/completions", payload, session_id) as response:
-                raw = await response.read()
-                status = response.status
-            latency = time.perf_counter() - started
-        except ModelUnavailable as exc:
-            self._call_done(session, branch)
-            self.metrics.calls.labels("upstream_error").inc()
-            raise UpstreamFailed(str(exc)) from None
-        except BaseException:
-            self._call_done(session, branch)
-            raise
-        try:
-            if status != 200:
-                self._note_refusal(session, raw)
-                return status, raw
-            data = orjson.loads(raw)
-            answer = take_reply(data, added)
-            problem = self._record(session, branch, call, (messages, prints), answer, latency, stream=False)
-            if problem:
-                raise UpstreamFailed(f"the reply cannot be recorded exactly: {problem}")
-            return status, orjson.dumps(data)
-        finally:
-            self._call_done(session, branch)
-
-    async def _open_stream(
-        self,
-        session: Session,
-        branch: Branch,
-        call: int,
-        request: tuple[list[dict[str, Any]], tuple[Fingerprint, ...]],
-        payload: bytes,
-        added: Added,
-        started: float,
-    ) -> tuple[int, bytes] | AsyncIterator[bytes]:
-        stack = contextlib.AsyncExitStack()
-        try:
-            response = await stack.enter_async_context(
-                self.upstream.post("/chat/completions", payload, session.id, stream=True)
-            )
-            if response.status != 200:
-                raw = await response.read()
-                self._note_refusal(session, raw)
-                await stack.aclose()
-                self._call_done(session, branch)
-                return response.status, raw
-        except ModelUnavailable as exc:
-            await stack.aclose()
-            self._call_done(session, branch)
-            self.metrics.calls.labels("upstream_error").inc()
-            raise UpstreamFailed(str(exc)) from None
-        except BaseException:
-            await stack.aclose()
-            self._call_done(session, branch)
-            raise
-
-        async def relay() -> AsyncIterator[bytes]:
-            """Forward the events as they come, one write per network read; record the call at `[DONE]`.
-
-            Recording before `[DONE]` goes out frees the branch before the agent can send its next call.
-            """
-            reader = StreamReader(added)
-            settled = False
-            try:
-                buffer = b""
-                async for piece in response.content.iter_any():
-                    buffer += piece
-                    out = []
-                    while (end := buffer.find(b"\n\n")) != -1:
-                        event, buffer = buffer[:end], buffer[end + 2 :]
-                        if not event.startswith(b"data:"):
-                            out.append(event + b"\n\n")
-                            continue
-                        data = event[5:].lstrip()
-                        if data == b"[DONE]" and not settled:
-                            answer, elapsed = reader.answer(), time.perf_counter() - started
-                            self._record(session, branch, call, request, answer, elapsed, stream=True)
-                            self._call_done(session, branch)
-                            settled = True
-                        forwarded = reader.event(data)
-                        if forwarded is not None:
-                            out.append(b"data: " + forwarded + b"\n\n")
-                    if out:
-                        yield b"".join(out)
-            finally:
-                await stack.aclose()
-                if not settled:
-                    if session.id in self.sessions:
-                        session.unrecorded.append({"call": call, "reason": "the stream ended before [DONE]"})
-                        self.metrics.calls.labels("unrecorded").inc()
-                    self._call_done(session, branch)
-
-        return relay()
-
-    def _record(
-        self,
-        session: Session,
-        branch: Branch,
-        call: int,
-        request: tuple[list[dict[str, Any]], tuple[Fingerprint, ...]],
-        answer: Answer,
-        latency: float,
-        *,
-        stream: bool,
-    ) -> str | None:
-        """Put an answered call into its branches' ledgers; the reason when it cannot be recorded exactly."""
-        if session.id not in self.sessions:
-            return None  # aborted meanwhile: the record is written already
-        problem = answer.token_problem()
-        if problem:
-            session.unrecorded.append({"call": call, "reason": problem})
-            self.metrics.calls.labels("unrecorded").inc()
-            return problem
-        prompt_ids = answer.prompt_ids
-        assert prompt_ids is not None
-        for choice in answer.choices:
-            target = branch if choice.index == answer.choices[0].index else session.branches.fork(branch, call)
-            assert choice.token_ids is not None
-            session.branches.record(
-                target,
-                request,
-                (choice.message, fingerprint(choice.message)),
-                (prompt_ids, choice.token_ids, choice.logprobs, choice.finish_reason),
-                {"call": call, "choice": choice.index, "latency_s": round(latency, 6), "stream": stream},
-            )
-            session.completion_tokens += len(choice.token_ids)
-            self.metrics.tokens.inc(len(choice.token_ids))
-        session.prompt_tokens += len(prompt_ids)
-        session.model_s += latency
-        self.metrics.calls.labels("recorded").inc()
-        return None
-
-    def _note_refusal(self, session: Session, raw: bytes) -> None:
-        """A 4xx goes back to the agent as it is; a full context truncates the session."""
-        self.metrics.calls.labels("upstream_error").inc()
-        if any(marker in raw.decode("utf-8", "replace").lower() for marker in CONTEXT_LENGTH_MARKERS):
-            session.truncation = session.truncation or "context_length"
-
-    def _call_done(self, session: Session, branch: Branch) -> None:
-        session.branches.release(branch)
-        session.in_flight -= 1
-        session.last_active = time.monotonic()
-        if not session.in_flight:
-            session.idle.set()
 
 
 def _extended(recorded: list[dict[str, Any]], given: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from sparring.envs.registry import ENVIRONMENTS
 from sparring.options import add_episode_options, episode_config
-from sparring.server.settings import API_KEY_VARIABLE, ServerSettings
+from sparring.server.settings import ServerSettings
+from sparring.web import API_KEY_VARIABLE
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -72,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sparring.gateway.app import build_gateway
     from sparring.gateway.routes import gateway_router
     from sparring.server.app import create_app
-    from sparring.server.security import resolve_api_key
+    from sparring.web.auth import resolve_api_key
 
     settings = ServerSettings(
         default_env=args.env,

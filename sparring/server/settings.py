@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-API_KEY_VARIABLE = "SPARRING_API_KEY"
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+from sparring.web import DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
