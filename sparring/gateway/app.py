@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from sparring import __version__
@@ -62,11 +62,11 @@ def create_app(
         description="An OpenAI-compatible endpoint per session that records the policy's exact tokens.",
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BearerAuth, api_key=api_key)  # before the body is read; /healthz stays open
     app.add_middleware(HttpMetrics, registry=registry)
-    auth = [Depends(BearerAuth(api_key))]
-    app.include_router(gateway_router(gateway), dependencies=auth)
+    app.include_router(gateway_router(gateway))
     app.add_api_route("/healthz", _healthz, methods=["GET"], summary="The process is up (no auth)")
-    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], dependencies=auth, summary="Prometheus")
+    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], summary="Prometheus")
     return app
 
 

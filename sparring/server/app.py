@@ -4,7 +4,8 @@
 endpoints, limits) exactly as `sparring run` would, and requests may override limits and sampling
 within `settings`' bounds. The routes live in `routes/` (rollouts, NeMo Gym, information) and reach
 the service through `app.state.service`; extra routers (the agent gateway's sessions) are mounted
-behind the same auth, body limit and metrics. Every route plays the one graph through the one batch
+behind the same auth, body limit and metrics, which are middleware: auth is checked before a body
+is read, on every path but `/healthz`. Every route plays the one graph through the one batch
 runner (`service.py`).
 """
 
@@ -14,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 
 from sparring import __version__
@@ -52,13 +53,19 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.service = service
+    # The last added runs first: metrics see every answer, auth comes before the body is read.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BearerAuth, api_key=settings.api_key)
     app.add_middleware(HttpMetrics, registry=registry)
     errors.install(app)
-    auth = [Depends(BearerAuth(settings.api_key))]
-    for router in (rollouts.router(models), nemo_gym.router(models), *extra_routers):
-        app.include_router(router, dependencies=auth)
-    app.include_router(info.router(models, settings.default_env, registry, auth))
+    for router in (
+        rollouts.router(models),
+        nemo_gym.router(models),
+        info.router(models, settings.default_env, registry),
+    ):
+        app.include_router(router)
+    for router in extra_routers:
+        app.include_router(router)
     return app
 
 

@@ -5,11 +5,9 @@ No `from __future__ import annotations`: FastAPI must see the per-app environmen
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.params import Depends
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
@@ -24,16 +22,11 @@ from sparring.web.metrics import metrics_endpoint
 _SECRET_SETTINGS = ("policy_api_key", "user_api_key")
 
 
-def router(
-    models: RequestModels, default_env: str, registry: CollectorRegistry, auth: Sequence[Depends] = ()
-) -> APIRouter:
-    """The informational routes of one app (its environments, default one, registry); `auth` on all but /healthz."""
+def router(models: RequestModels, default_env: str, registry: CollectorRegistry) -> APIRouter:
+    """The informational routes of one app (its environments' enum, its default environment, its registry)."""
     routes = APIRouter()
-    guarded = list(auth)
 
-    @routes.get(
-        "/v1/envs", summary="Environments: tool schemas per actor and the settings they run with", dependencies=guarded
-    )
+    @routes.get("/v1/envs", summary="Environments: tool schemas per actor and the settings they run with")
     async def envs(service: Service) -> EnvsResponse:
         listing = []
         for name in sorted(ENVIRONMENTS):
@@ -45,7 +38,7 @@ def router(
             listing.append({"name": name, "tools": tools, "settings": config})
         return EnvsResponse(envs=listing)
 
-    @routes.get("/v1/graph", summary="The episode graph: Mermaid text, nodes and edges", dependencies=guarded)
+    @routes.get("/v1/graph", summary="The episode graph: Mermaid text, nodes and edges")
     async def graph(
         env: Annotated[models.env, Query(description="Environment whose graph to draw.")] = default_env,  # type: ignore[name-defined]
     ) -> GraphResponse:
@@ -55,7 +48,6 @@ def router(
         "/readyz",
         summary="Whether the model endpoints answer",
         responses={503: {"model": ReadinessResponse, "description": "Some endpoint does not answer; named."}},
-        dependencies=guarded,
     )
     async def readyz(service: Service) -> Response:
         ready, report = await service.readiness()
@@ -72,7 +64,6 @@ def router(
         "/metrics",
         metrics_endpoint(registry),
         methods=["GET"],
-        dependencies=guarded,
         summary="Prometheus metrics (text exposition format)",
         response_class=PlainTextResponse,
         responses={401: ERROR_RESPONSES[401]},
