@@ -34,3 +34,64 @@ async def test_auth_is_checked_before_the_body_is_read_and_the_schema_needs_the_
     assert chat.status_code == 401
     assert [r.status_code for r in schema_open] == [401, 401]
     assert [r.status_code for r in schema_keyed] == [200, 200]
+
+
+# -- item 9: NaN, Infinity and numbers too large for a double -----------------------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+async def test_non_finite_numbers_are_a_422_naming_the_field_and_a_refused_finish_keeps_the_session() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                idle_nan = await http.post("/v1/sessions", content=b'{"limits": {"idle_timeout_s": NaN}}', headers=JSON)
+                session = (await http.post("/v1/sessions", json={})).json()
+                finish = f"/v1/sessions/{session['session_id']}/finish"
+                refused = [
+                    await http.post(finish, content=body, headers=JSON)
+                    for body in (
+                        b'{"reward": NaN}',
+                        b'{"reward": Infinity}',
+                        b'{"reward": 1e400}',
+                        b'{"reward_components": {"a": -Infinity}}',
+                        b'{"reward": 1, "metadata": {"score": NaN}}',
+                    )
+                ]
+                overflow = await http.post(finish, json={"reward_components": {"a": 1e308, "b": 1e308}})
+                chat = await http.post(
+                    f"/sessions/{session['session_id']}/v1/chat/completions",
+                    content=b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+                    headers=JSON,
+                )
+                record = (await http.post(finish, json={"reward": 0.5})).json()
+    assert idle_nan.status_code == 422
+    assert idle_nan.json()["detail"][0]["loc"] == ["body", "limits", "idle_timeout_s"]
+    assert [r.status_code for r in refused] == [422] * 5
+    assert [r.json()["detail"][0]["loc"] for r in refused] == [
+        ["body", "reward"],
+        ["body", "reward"],
+        ["body", "reward"],
+        ["body", "reward_components", "a"],
+        ["body", "metadata", "score"],
+    ]
+    assert overflow.status_code == 422 and "not a finite number" in overflow.json()["detail"]
+    assert chat.status_code == 422 and chat.json()["error"]["message"].startswith("temperature: ")
+    assert (record["status"], record["reward"]) == ("completed", 0.5)
+
+
+# -- item 14: a body that is not JSON -----------------------------------------------------------------
+
+
+async def test_a_body_that_is_not_json_is_415_in_each_surfaces_shape() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                plain = {"content-type": "text/plain"}
+                management = await http.post("/v1/sessions", content=b"{}", headers=plain)
+                session = (await http.post("/v1/sessions", json={})).json()
+                chat = await http.post(
+                    f"/sessions/{session['session_id']}/v1/chat/completions", content=b"{}", headers=plain
+                )
+    assert management.status_code == 415 and "is not JSON" in management.json()["detail"]
+    assert chat.status_code == 415 and chat.json()["error"]["code"] == 415

@@ -6,6 +6,10 @@ configured it, and auth comes before anything else.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
 from service_harness import serving
 
 KEY = {"Authorization": "Bearer k-123"}
@@ -28,3 +32,84 @@ async def test_auth_is_checked_before_the_body_is_read_and_the_schema_needs_the_
     assert [r.status_code for r in schema_open] == [401, 401, 401]  # not even which paths exist
     assert [r.status_code for r in schema_keyed] == [200, 200]
     assert health.status_code == 200
+
+
+# -- item 9: NaN, Infinity and numbers too large for a double -----------------------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v1/rollouts", b'{"repeats": NaN}', ["body", "repeats"]),
+        ("/v1/rollouts", b'{"settings": {"policy_temperature": NaN}}', ["body", "settings", "policy_temperature"]),
+        ("/v1/rollouts", b'{"task": {"metadata": {"x": [1, -Infinity]}}}', ["body", "task", "metadata", "x", 1]),
+        ("/v1/rollouts/batch", b'{"tasks": [{}, {"env_seed": {"a": 1e400}}]}', ["body", "tasks", 1, "env_seed", "a"]),
+        ("/run", b'{"responses_create_params": {"input": "hi", "temperature": Infinity}}', None),
+        ("/aggregate_metrics", b'{"verify_responses": [{"reward": NaN}]}', ["body", "verify_responses", 0, "reward"]),
+    ],
+)
+async def test_non_finite_numbers_are_a_422_naming_the_field(path: str, body: bytes, loc: list[Any] | None) -> None:
+    async with serving() as served, served.client() as client:
+        response = await client.post(path, content=body, headers=JSON)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["type"] == "finite_number" and "finite number" in error["msg"]
+    if loc is not None:
+        assert error["loc"] == loc
+    else:
+        assert error["loc"][:2] == ["body", "responses_create_params"]
+
+
+async def test_aggregate_metrics_of_huge_rewards_is_an_answer_or_a_422_never_a_500() -> None:
+    def rewards(*values: Any) -> dict[str, Any]:
+        return {"verify_responses": [{"_ng_task_index": 0, "reward": value} for value in values]}
+
+    async with serving() as served, served.client() as client:
+        huge = await client.post("/aggregate_metrics", json=rewards(1e308, 1e308, 1e308))
+        spread = await client.post("/aggregate_metrics", json=rewards(1e308, -1e308))
+        beyond = await client.post("/aggregate_metrics", json=rewards(1.7e308, -1.7e308))
+        bad_index = await client.post("/aggregate_metrics", json={"verify_responses": [{"_ng_task_index": "one"}]})
+    assert huge.status_code == 200, huge.text
+    metrics = huge.json()["agent_metrics"]
+    assert (metrics["mean/reward"], metrics["median/reward"], metrics["std/reward"]) == (1e308, 1e308, 0.0)
+    assert spread.status_code == 200 and spread.json()["agent_metrics"]["mean/reward"] == 0.0
+    assert beyond.status_code == 422
+    assert beyond.json()["detail"][0]["msg"].startswith("std/reward: the spread of 'reward' is beyond")
+    assert bad_index.status_code == 422
+    assert bad_index.json()["detail"][0]["loc"] == ["body", "verify_responses", 0, "_ng_task_index"]
+
+
+# -- item 14: the smaller ones ----------------------------------------------------------------------
+
+
+async def test_a_chunked_body_over_the_limit_says_how_much_was_read() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"task": {"metadata": {"blob": "'
+        yield b"x" * 1500
+        yield b'"}}}'
+
+    async with serving(max_body_bytes=1000) as served, served.client() as client:
+        response = await client.post("/v1/rollouts", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert detail.startswith("request body is over 1000 bytes; the limit is 1000 bytes (--max-body-bytes)")
+    assert "(sent without Content-Length;" in detail and "more than that" not in detail
+
+
+async def test_a_422_does_not_echo_a_large_input_back() -> None:
+    async with serving() as served, served.client() as client:
+        response = await client.post("/v1/rollouts/batch", json={"tasks": [{"id": "t"}] * 10_001})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "tasks"] and "at most 10000 items" in error["msg"]
+    assert "input" not in error and len(response.content) < 1000
+
+
+async def test_a_body_that_is_not_json_is_415() -> None:
+    async with serving() as served, served.client() as client:
+        plain = await client.post("/v1/rollouts", content=b"{}", headers={"content-type": "text/plain"})
+        form = await client.post("/run", data={"a": "1"})
+    assert plain.status_code == 415 and "'text/plain' is not JSON" in plain.json()["detail"]
+    assert form.status_code == 415

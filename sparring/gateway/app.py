@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from sparring import __version__
@@ -15,7 +16,7 @@ from sparring.gateway.upstream import Upstream
 from sparring.graphs.context import EpisodeConfig
 from sparring.models.pool import endpoint_config
 from sparring.web.auth import BearerAuth
-from sparring.web.body import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from sparring.web.body import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, validation_error
 from sparring.web.metrics import HttpMetrics, metrics_endpoint
 
 
@@ -64,6 +65,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(BearerAuth, api_key=api_key)  # before the body is read; /healthz stays open
     app.add_middleware(HttpMetrics, registry=registry)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(gateway_router(gateway))
     app.add_api_route("/healthz", _healthz, methods=["GET"], summary="The process is up (no auth)")
     app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], summary="Prometheus")

@@ -11,7 +11,13 @@ from fastapi.responses import Response
 
 from sparring.web.body import json_response
 
-_OPENAI_TYPES = {404: "not_found_error", 409: "conflict_error", 422: "invalid_request_error", 502: "upstream_error"}
+_OPENAI_TYPES = {
+    404: "not_found_error",
+    409: "conflict_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    502: "upstream_error",
+}
 
 
 class GatewayError(Exception):

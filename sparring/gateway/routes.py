@@ -11,9 +11,10 @@ surface answers `{"error": {"message", "type", "code"}}`, the shape OpenAI SDKs 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
@@ -23,7 +24,7 @@ from sparring.gateway import proxy
 from sparring.gateway.errors import GatewayError, openai_error
 from sparring.gateway.schemas import CreateSession, FinishSession
 from sparring.gateway.sessions import Gateway
-from sparring.web.body import json_response
+from sparring.web.body import BodyError, JSONRoute, json_response, load_json, unsupported_media_type
 
 _CHAT_BODY = {
     "requestBody": {
@@ -48,7 +49,7 @@ def current_gateway(request: Request) -> Gateway:
 
 
 Current = Annotated[Gateway, Depends(current_gateway)]
-management = APIRouter(tags=["gateway"])
+management = APIRouter(tags=["gateway"], route_class=JSONRoute)
 openai = APIRouter(tags=["openai"])
 
 
@@ -122,10 +123,15 @@ async def abort_session(session_id: str, gateway: Current) -> Response:
     openapi_extra=_CHAT_BODY,
 )
 async def chat_completions(session_id: str, request: Request, gateway: Current) -> Response:
+    refusal = unsupported_media_type(request)
+    if refusal is not None:
+        return openai_error(415, refusal)
     try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
+        body = _chat_body(await request.body())
+    except json.JSONDecodeError as exc:
         return openai_error(422, f"the request body is not valid JSON: {exc}")
+    except BodyError as exc:
+        return openai_error(422, str(exc))
     try:
         result = await proxy.chat(gateway, gateway.active(session_id), body)
     except GatewayError as exc:
@@ -143,3 +149,11 @@ async def list_models(session_id: str, gateway: Current) -> Response:
     except GatewayError as exc:
         return exc.openai()
     return Response(content, status_code=status, media_type="application/json")
+
+
+def _chat_body(raw: bytes) -> Any:
+    """orjson on the hot path; what it refuses is parsed again only to say which field is wrong."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return load_json(raw)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class SessionLimits(BaseModel):
     """Per-session limits; unset ones fall back to the gateway's settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_calls: int | None = Field(None, ge=1, description="Model calls the session may make; more get 409.")
     max_tokens_per_call: int | None = Field(None, ge=1, description="Cap on each call's max_tokens.")
@@ -32,7 +32,7 @@ class CreateSession(BaseModel):
 class FinishSession(BaseModel):
     """`POST /v1/sessions/{id}/finish`: a reward, reward components (summed), or an environment's verifier."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     reward: float | None = None
     reward_components: dict[str, float] | None = None

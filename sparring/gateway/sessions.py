@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -112,6 +113,8 @@ class Gateway:
                 )
             else:
                 reward = request.reward if request.reward is not None else sum(components.values())
+            if not math.isfinite(reward):
+                raise ValueError(f"reward: {reward} is not a finite number (the components' sum overflows)")
         except Exception as exc:
             session.closing = False  # nothing is lost: the harness may finish again, another way
             raise InvalidCall(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)) from None

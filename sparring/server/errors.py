@@ -1,7 +1,7 @@
 """How the rollout service answers what is not a record: its error statuses, their bodies, and their OpenAPI entries.
 
-Every error body is `{"detail": ...}`: a string for 401/413/429/503, FastAPI's list of
-`{type, loc, msg}` for 422 (a request's own fields named).
+Every error body is `{"detail": ...}`: a string for 401/413/415/429/503, FastAPI's list of
+`{type, loc, msg}` for 422 (a request's own fields named; inputs echoed only when small).
 """
 
 from __future__ import annotations
@@ -9,18 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from sparring.server.gate import Overloaded
 from sparring.server.schemas import BatchSummaryLine
 from sparring.server.service import ShuttingDown
 from sparring.server.streams import ClientGone
-from sparring.web.body import json_response
+from sparring.web.body import json_response, validation_error
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong bearer token (when the server has an API key).", **_ERROR},
     413: {"description": "Request body over --max-body-bytes.", **_ERROR},
+    415: {"description": "The body is not JSON (its Content-Type).", **_ERROR},
     429: {"description": "No room: episodes running and queued are at their bounds; see Retry-After.", **_ERROR},
     503: {"description": "The server is shutting down.", **_ERROR},
 }
@@ -33,6 +35,7 @@ def unprocessable(loc: list[str | int], message: str) -> HTTPException:
 
 def install(app: FastAPI) -> None:
     """The service's exception handlers, and its error bodies in the OpenAPI schema."""
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(ShuttingDown, _shutting_down)
     app.add_exception_handler(ClientGone, _client_gone)

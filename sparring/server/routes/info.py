@@ -16,7 +16,7 @@ from sparring.graphs.episode import build_graph
 from sparring.server.errors import ERROR_RESPONSES
 from sparring.server.routes import Service
 from sparring.server.schemas import EnvsResponse, GraphResponse, HealthResponse, ReadinessResponse, RequestModels
-from sparring.web.body import json_response
+from sparring.web.body import JSONRoute, json_response
 from sparring.web.metrics import metrics_endpoint
 
 _SECRET_SETTINGS = ("policy_api_key", "user_api_key")
@@ -24,7 +24,7 @@ _SECRET_SETTINGS = ("policy_api_key", "user_api_key")
 
 def router(models: RequestModels, default_env: str, registry: CollectorRegistry) -> APIRouter:
     """The informational routes of one app (its environments' enum, its default environment, its registry)."""
-    routes = APIRouter()
+    routes = APIRouter(route_class=JSONRoute)
 
     @routes.get("/v1/envs", summary="Environments: tool schemas per actor and the settings they run with")
     async def envs(service: Service) -> EnvsResponse:

@@ -13,12 +13,12 @@ from sparring.server.errors import ERROR_RESPONSES, unprocessable
 from sparring.server.routes import Service
 from sparring.server.schemas import AggregateMetricsRequest, AggregateMetricsResponse, RequestModels
 from sparring.server.streams import collect
-from sparring.web.body import json_response
+from sparring.web.body import JSONRoute, json_response
 
 
 def router(models: RequestModels) -> APIRouter:
     """`/run` with this app's row model, and `/aggregate_metrics`."""
-    routes = APIRouter()
+    routes = APIRouter(route_class=JSONRoute)
 
     @routes.post(
         "/run",
@@ -54,8 +54,18 @@ def router(models: RequestModels) -> APIRouter:
         )
         return json_response(answer)
 
-    @routes.post("/aggregate_metrics", summary="NeMo Gym's aggregate metrics of verify responses")
+    @routes.post(
+        "/aggregate_metrics",
+        summary="NeMo Gym's aggregate metrics of verify responses",
+        responses={
+            422: {"description": "A task index that is not an integer, or a statistic beyond a 64-bit float."},
+            **{status: ERROR_RESPONSES[status] for status in (401, 413, 415)},
+        },
+    )
     async def aggregate_metrics(body: AggregateMetricsRequest) -> AggregateMetricsResponse:
-        return AggregateMetricsResponse(**nemo_gym.aggregate_metrics(body.verify_responses))
+        try:
+            return AggregateMetricsResponse(**nemo_gym.aggregate_metrics(body.verify_responses))
+        except nemo_gym.MetricsError as exc:
+            raise unprocessable(["body", "verify_responses", *exc.loc], exc.message) from None
 
     return routes

@@ -13,14 +13,14 @@ from sparring.server.routes import Service
 from sparring.server.schemas import RequestModels, RolloutsResponse
 from sparring.server.service import RolloutService
 from sparring.server.streams import NDJSON, RecordStream, collect
-from sparring.web.body import json_response
+from sparring.web.body import JSONRoute, json_response
 
 # No `from __future__ import annotations`: FastAPI must see the per-app request models in the signatures.
 
 
 def router(models: RequestModels) -> APIRouter:
     """The rollout routes, with this app's request models."""
-    routes = APIRouter()
+    routes = APIRouter(route_class=JSONRoute)
 
     @routes.post(
         "/v1/rollouts",
