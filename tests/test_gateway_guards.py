@@ -6,6 +6,9 @@ Sessions belong to whoever opened them, memory is bounded, every bad input is a 
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 from gateway_harness import running_gateway
 
@@ -95,3 +98,19 @@ async def test_a_body_that_is_not_json_is_415_in_each_surfaces_shape() -> None:
                 )
     assert management.status_code == 415 and "is not JSON" in management.json()["detail"]
     assert chat.status_code == 415 and chat.json()["error"]["code"] == 415
+
+
+# -- item 5: keeping no ended records still ends and writes every session ------------------------------
+
+
+async def test_keep_ended_0_answers_finish_and_writes_the_record(tmp_path: Any) -> None:
+    output = tmp_path / "sessions.jsonl"
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], output=output, options={"keep_ended": 0}) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={})).json()
+                finished = await http.post(f"/v1/sessions/{session['session_id']}/finish", json={"reward": 1})
+                shown = await http.get(f"/v1/sessions/{session['session_id']}")
+    assert finished.status_code == 200 and finished.json()["status"] == "completed"
+    assert shown.status_code == 404  # not kept
+    assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == [1]

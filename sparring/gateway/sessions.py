@@ -18,7 +18,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from sparring.gateway.errors import InvalidCall, SessionEnded, SessionNotFound
@@ -30,6 +29,7 @@ from sparring.gateway.session import Outcome, Session
 from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.gateway.verifiers import verify_session
+from sparring.web.body import dumps
 
 
 class Gateway:
@@ -176,15 +176,15 @@ class Gateway:
             env=env or session.task.get("env") or "gateway",
             error=error,
         )
-        self.ended[session.id] = record
-        while len(self.ended) > self.settings.keep_ended:
-            self.ended.popitem(last=False)
         self.metrics.active.dec()
         self.metrics.ended.labels(status).inc()
         if self.settings.output is not None:
-            line = orjson.dumps(record) + b"\n"
+            line = dumps(record) + b"\n"
             async with self._write_lock:
                 await asyncio.to_thread(_append, self.settings.output, line)
+        self.ended[session.id] = record
+        while len(self.ended) > self.settings.keep_ended:
+            self.ended.popitem(last=False)
         return record
 
     def _ensure_reaper(self) -> None:

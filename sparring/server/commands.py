@@ -9,17 +9,14 @@ exits at once.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from types import FrameType
 from typing import Any
 
 from sparring.envs.registry import ENVIRONMENTS
-from sparring.options import add_episode_options, episode_config
+from sparring.options import UsageError, add_episode_options, episode_config
 from sparring.server.settings import ServerSettings
 from sparring.web import API_KEY_VARIABLE
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -31,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         description=__doc__,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: a free one, printed at start)")
+    parser.add_argument("--port", type=int, default=8080, help="port, 0-65535 (0: a free one, printed at start)")
     parser.add_argument("--env", default=defaults.default_env, choices=sorted(ENVIRONMENTS), help="default env")
     parser.add_argument(
         "--api-key-file", metavar="FILE", help=f"bearer token clients must send (default: ${API_KEY_VARIABLE})"
@@ -66,47 +63,43 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / Ctrl-C."""
+    """Serve until SIGTERM / Ctrl-C; a flag or port that cannot be used is one line and exit 2."""
     import uvicorn  # the web stack loads only for `serve`, not for every CLI command
     from prometheus_client import CollectorRegistry
 
     from sparring.gateway.app import build_gateway
     from sparring.gateway.routes import gateway_router
     from sparring.server.app import create_app
-    from sparring.web.auth import resolve_api_key
+    from sparring.web.auth import SecurityError, resolve_api_key
+    from sparring.web.serving import SettingError, exposure_warning, listen, shown_address
 
-    settings = ServerSettings(
-        default_env=args.env,
-        max_concurrent_episodes=args.max_concurrent_episodes,
-        max_queued_episodes=args.max_queued_episodes,
-        batch_concurrency=args.batch_concurrency,
-        max_batch_size=args.max_batch_size,
-        max_repeats=args.max_repeats,
-        max_turns=args.max_turns_limit,
-        max_steps_per_turn=args.max_steps_limit,
-        max_tokens=args.max_tokens_limit,
-        max_body_bytes=args.max_body_bytes,
-        shutdown_grace_s=args.shutdown_grace,
-        api_key=resolve_api_key(args.api_key_file),
-    )
+    try:
+        settings = ServerSettings(
+            default_env=args.env,
+            max_concurrent_episodes=args.max_concurrent_episodes,
+            max_queued_episodes=args.max_queued_episodes,
+            batch_concurrency=args.batch_concurrency,
+            max_batch_size=args.max_batch_size,
+            max_repeats=args.max_repeats,
+            max_turns=args.max_turns_limit,
+            max_steps_per_turn=args.max_steps_limit,
+            max_tokens=args.max_tokens_limit,
+            max_body_bytes=args.max_body_bytes,
+            shutdown_grace_s=args.shutdown_grace,
+            api_key=resolve_api_key(args.api_key_file),
+        )
+        sock = listen(args.host, args.port)
+    except (SettingError, SecurityError) as exc:
+        raise UsageError(str(exc)) from None
     registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
     gateway = build_gateway(episode_config(args, args.env, roles=("policy",)), registry=registry)
     app = create_app(
         settings, lambda env: episode_config(args, env), extra_routers=[gateway_router(gateway)], registry=registry
     )
-    if args.host not in LOOPBACK and settings.api_key is None:
-        print(
-            f"sparring serve: warning: binding {args.host} without an API key: anyone who can reach this port "
-            f"can run episodes on your model servers (set ${API_KEY_VARIABLE} or --api-key-file)",
-            file=sys.stderr,
-        )
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"sparring serve: listening on http://{shown}:{port} (env {args.env}; docs at /docs)", flush=True)
+    warning = exposure_warning("serve", args.host, settings.api_key, "run episodes on your model servers")
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"sparring serve: listening on {shown_address(sock)} (env {args.env}; docs at /docs)", flush=True)
     service = app.state.service
     server = uvicorn.Server(
         uvicorn.Config(

@@ -1,7 +1,8 @@
 """The rollout service's own settings: capacity, the bounds requests must stay within, shutdown, auth.
 
 Model endpoints and default limits are not here: they come from `sparring.options` exactly as for
-`sparring run`, so the service plays the same episodes as the CLI.
+`sparring run`, so the service plays the same episodes as the CLI. Every setting is checked when the
+settings are made, and a bad one is refused naming its flag.
 """
 
 from __future__ import annotations
@@ -9,6 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparring.web import DEFAULT_MAX_BODY_BYTES
+from sparring.web.serving import at_least, seconds
+
+# The flag that sets each bound, named in the error a bad value gets.
+FLAGS = {
+    "max_concurrent_episodes": "--max-concurrent-episodes",
+    "max_queued_episodes": "--max-queued-episodes",
+    "batch_concurrency": "--batch-concurrency",
+    "max_batch_size": "--max-batch-size",
+    "max_repeats": "--max-repeats",
+    "max_turns": "--max-turns-limit",
+    "max_steps_per_turn": "--max-steps-limit",
+    "max_tokens": "--max-tokens-limit",
+    "max_body_bytes": "--max-body-bytes",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,3 +50,11 @@ class ServerSettings:
     readiness_timeout_s: float = 3.0
     max_sampling_variants: int = 16
     """Distinct sampling settings (each needs its own model clients) kept warm; idle ones beyond are closed."""
+
+    def __post_init__(self) -> None:
+        minimums = dict.fromkeys(FLAGS, 1) | {"max_queued_episodes": 0}
+        for name, minimum in minimums.items():
+            at_least(FLAGS[name], getattr(self, name), minimum)
+        at_least("max_sampling_variants", self.max_sampling_variants, 1)
+        seconds("--shutdown-grace", self.shutdown_grace_s)
+        seconds("readiness_timeout_s", self.readiness_timeout_s, positive=True)
