@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +50,16 @@ def cli_args(base_url: str, *extra: str) -> Any:
 
 
 @asynccontextmanager
-async def serving(responders: Mapping[str, Any] | None = None, **settings: Any) -> AsyncIterator[Served]:
-    """`async with serving(**server_settings) as served:` a service in front of a scripted tic-tac-toe pair."""
+async def serving(
+    responders: Mapping[str, Any] | None = None, *, cli: Sequence[str] = (), **settings: Any
+) -> AsyncIterator[Served]:
+    """`async with serving(**server_settings) as served:` a service in front of a scripted tic-tac-toe pair.
+
+    `cli` adds `sparring serve` flags for the episode settings (e.g. `--env-url`).
+    """
     responders = responders or {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(responders) as models:
-        args = cli_args(models.base_url, "--timeout", "60")
+        args = cli_args(models.base_url, "--timeout", "60", *cli)
         app = create_app(ServerSettings(**settings), lambda env: episode_config(args, env))
         with BackgroundServer(app) as server:
             yield Served(server.base_url, app, models)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from gateway_harness import running_gateway
+from outbound_target import BANNER, Target
 
 from sparring.testing import FakeModelServer, Say
 
@@ -114,3 +115,34 @@ async def test_keep_ended_0_answers_finish_and_writes_the_record(tmp_path: Any) 
     assert finished.status_code == 200 and finished.json()["status"] == "completed"
     assert shown.status_code == 404  # not kept
     assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == [1]
+
+
+# -- item 8: a remote verifier contacts only the servers the operator allowed ----------------------------
+
+
+def remote_state(url: str) -> dict[str, Any]:
+    """The remote environment's state, as a harness would pass it to `finish` for the verifier."""
+    return {"url": url, "cookies": {}, "tools": [], "row": {}, "input_len": 0}
+
+
+async def test_a_remote_verifier_is_403_for_a_server_the_operator_did_not_allow() -> None:
+    async with Target() as target, FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={"task": {"env_url": target.url}})).json()
+                finish = f"/v1/sessions/{session['session_id']}/finish"
+                refused = await http.post(finish, json={"verifier": "remote", "env_state": remote_state(target.url)})
+    assert refused.status_code == 403
+    assert refused.json()["detail"].startswith("env_state.url: not a server this service may contact")
+    assert "127.0.0.1" not in refused.text and BANNER not in refused.text
+    assert target.hits == []
+
+
+async def test_a_remote_verifier_contacts_an_allowed_server() -> None:
+    async with Target() as allowed, FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], options={"env_urls": (allowed.url,)}) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={})).json()
+                finish = f"/v1/sessions/{session['session_id']}/finish"
+                tried = await http.post(finish, json={"verifier": "remote", "env_state": remote_state(allowed.url)})
+    assert tried.status_code == 422 and allowed.hits == ["/verify"]  # asked, and its refusal reported

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from outbound_target import BANNER, Target
 from service_harness import serving
 
 KEY = {"Authorization": "Bearer k-123"}
@@ -113,3 +114,38 @@ async def test_a_body_that_is_not_json_is_415() -> None:
         form = await client.post("/run", data={"a": "1"})
     assert plain.status_code == 415 and "'text/plain' is not JSON" in plain.json()["detail"]
     assert form.status_code == 415
+
+
+# -- item 8: only the environment servers the operator configured ---------------------------------------
+
+
+def remote_task(url: str) -> dict[str, Any]:
+    return {"env": "remote", "env_url": url, "messages": [{"role": "user", "content": "Count to 3."}]}
+
+
+async def test_a_request_naming_another_env_url_is_403_and_nothing_is_sent_to_it() -> None:
+    async with Target() as target, serving() as served, served.client() as client:
+        single = await client.post("/v1/rollouts", json={"task": remote_task(target.url)})
+        batch = await client.post("/v1/rollouts/batch", json={"tasks": [{}, remote_task(f"{target.url}/latest")]})
+        row = {"responses_create_params": {"input": "Count to 3."}, "env": "remote", "env_url": target.url}
+        run = await client.post("/run", json=row)
+    assert [r.status_code for r in (single, batch, run)] == [403, 403, 403]
+    assert single.json()["detail"].startswith("task.env_url: not a server this service may contact")
+    assert batch.json()["detail"].startswith("tasks.1.env_url: ")
+    for response in (single, batch, run):  # nothing about the target: neither its address nor what it says
+        assert "127.0.0.1" not in response.text and BANNER not in response.text and "HTTP" not in response.text
+    assert target.hits == []
+
+
+async def test_the_configured_env_url_and_the_allowed_ones_are_used() -> None:
+    async with Target() as configured, Target() as allowed:
+        flags = {"cli": ("--env-url", configured.url), "env_urls": (f"{allowed.url}/",)}
+        async with serving(**flags) as served, served.client() as client:
+            answers = [
+                await client.post("/v1/rollouts", json={"task": remote_task(url)})
+                for url in (f"{configured.url}/", allowed.url)
+            ]
+    for response in answers:  # the target refuses the seed: an aborted record, but it was asked
+        assert response.status_code == 200, response.text
+        assert response.json()["records"][0]["stop_reason"] == "invalid_task"
+    assert configured.hits == ["/seed_session"] and allowed.hits == ["/seed_session"]

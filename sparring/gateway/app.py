@@ -26,9 +26,13 @@ def build_gateway(
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     output: str | Path | None = None,
     keep_ended: int = 1000,
+    env_urls: tuple[str, ...] = (),
     registry: CollectorRegistry | None = None,
 ) -> Gateway:
-    """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset."""
+    """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset.
+
+    A `remote` verifier may contact `config.env_url` and `env_urls`, nothing else.
+    """
     sampling = {
         key: value
         for key, value in (
@@ -44,6 +48,7 @@ def build_gateway(
         idle_timeout_s=idle_timeout_s,
         keep_ended=keep_ended,
         output=Path(output) if output is not None else None,
+        env_urls=(*env_urls, *([config.env_url] if config.env_url else [])),
     )
     return Gateway(Upstream(endpoint_config(config, "policy")), settings, registry)
 

@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         help=f"bearer token agents and harnesses must send (default: ${API_KEY_VARIABLE})",
     )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument(
+        "--allow-env-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a resources server the remote verifier may contact, besides --env-url (repeatable); others get 403",
+    )
     add_episode_options(parser)
     parser.set_defaults(func=cmd_gateway)
     return parser
@@ -63,7 +70,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     try:
         gateway = build_gateway(
-            config, idle_timeout_s=args.idle_timeout, output=args.output, keep_ended=args.keep_ended, registry=registry
+            config,
+            idle_timeout_s=args.idle_timeout,
+            output=args.output,
+            keep_ended=args.keep_ended,
+            env_urls=tuple(args.allow_env_url),
+            registry=registry,
         )
         api_key = resolve_api_key(args.api_key_file)
         at_least("--max-body-bytes", args.max_body_bytes, 1)

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from sparring.web.body import json_response
 
 _OPENAI_TYPES = {
+    403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
     415: "invalid_request_error",
@@ -36,6 +37,10 @@ class GatewayError(Exception):
     def openai(self) -> Response:
         """As the OpenAI surface answers it."""
         return openai_error(self.status, self.message)
+
+
+class Forbidden(GatewayError):
+    status = 403
 
 
 class SessionNotFound(GatewayError):

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sparring.gateway.errors import InvalidCall, SessionEnded, SessionNotFound
+from sparring.gateway.errors import Forbidden, InvalidCall, SessionEnded, SessionNotFound
 from sparring.gateway.history import fingerprints, message_errors
 from sparring.gateway.metrics import GatewayMetrics
 from sparring.gateway.record import session_record
@@ -30,6 +30,7 @@ from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.gateway.verifiers import verify_session
 from sparring.web.body import dumps
+from sparring.web.outbound import AllowList
 
 
 class Gateway:
@@ -94,6 +95,8 @@ class Gateway:
     async def finish(self, session_id: str, request: FinishSession) -> dict[str, Any]:
         """Score the session once its calls in flight have answered, and end it with its record."""
         session = self.active(session_id)
+        if request.verifier is not None:
+            self._check_outbound(request.verifier, session.task, request.env_state)
         session.closing = True
         try:
             await session.idle.wait()
@@ -125,6 +128,20 @@ class Gateway:
         return await self._end(
             session, outcome, reward=reward, components=components, env_result=env_result, env=env, error=None
         )
+
+    def _check_outbound(self, verifier: str, task: dict[str, Any], env_state: Any) -> None:
+        """Forbidden (403) unless every server the verifier would contact is one the operator allowed.
+
+        The `remote` environment's verifier posts to its state's `url` (else the task's `env_url`).
+        """
+        if verifier != "remote":
+            return
+        state_url = env_state.get("url") if isinstance(env_state, dict) else None
+        allowed = AllowList(self.settings.env_urls)
+        for where, url in (("env_state.url", state_url), ("task.env_url", task.get("env_url"))):
+            refusal = None if url is None else allowed.refusal(str(url), where, "--env-url and --allow-env-url")
+            if refusal is not None:
+                raise Forbidden(refusal)
 
     async def abort(
         self, session_id: str, stop_reason: str = "cancelled", message: str | None = None

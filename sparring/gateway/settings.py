@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparring.web.outbound import check_url
 from sparring.web.serving import at_least, seconds
 
 DEFAULT_IDLE_TIMEOUT_S = 600.0
@@ -22,7 +23,11 @@ class GatewaySettings:
     keep_ended: int = 1000
     """Ended sessions' records kept for GET (the most recent); 0 keeps none (they still go to `output`)."""
     output: Path | None = None
+    env_urls: tuple[str, ...] = ()
+    """Resources servers a `remote` verifier may contact (`--env-url`, `--allow-env-url`); no others."""
 
     def __post_init__(self) -> None:
         seconds("--idle-timeout", self.idle_timeout_s, positive=True)
         at_least("--keep-ended", self.keep_ended, 0)
+        for url in self.env_urls:
+            check_url("--allow-env-url", url)

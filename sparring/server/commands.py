@@ -55,6 +55,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     )
     service.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     service.add_argument(
+        "--allow-env-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a resources server (env remote) requests may name as env_url, besides --env-url (repeatable); "
+        "any other env_url is refused with 403",
+    )
+    service.add_argument(
         "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds for episodes on SIGTERM"
     )
     add_episode_options(parser)
@@ -87,6 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             shutdown_grace_s=args.shutdown_grace,
             api_key=resolve_api_key(args.api_key_file),
+            env_urls=tuple(args.allow_env_url),
         )
         sock = listen(args.host, args.port)
     except (SettingError, SecurityError) as exc:

@@ -1,6 +1,6 @@
 """How the rollout service answers what is not a record: its error statuses, their bodies, and their OpenAPI entries.
 
-Every error body is `{"detail": ...}`: a string for 401/413/415/429/503, FastAPI's list of
+Every error body is `{"detail": ...}`: a string for 401/403/413/415/429/503, FastAPI's list of
 `{type, loc, msg}` for 422 (a request's own fields named; inputs echoed only when small).
 """
 
@@ -17,6 +17,7 @@ from sparring.server.schemas import BatchSummaryLine
 from sparring.server.service import ShuttingDown
 from sparring.server.streams import ClientGone
 from sparring.web.body import json_response, validation_error
+from sparring.web.outbound import OutboundRefused
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -25,6 +26,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "The body is not JSON (its Content-Type).", **_ERROR},
     429: {"description": "No room: episodes running and queued are at their bounds; see Retry-After.", **_ERROR},
     503: {"description": "The server is shutting down.", **_ERROR},
+}
+ENV_URL_REFUSED: dict[int | str, dict[str, Any]] = {
+    403: {"description": "A task names an env_url the operator did not allow; nothing was sent to it.", **_ERROR}
 }
 
 
@@ -38,6 +42,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(ShuttingDown, _shutting_down)
+    app.add_exception_handler(OutboundRefused, _outbound_refused)
     app.add_exception_handler(ClientGone, _client_gone)
     _document_errors(app)
 
@@ -49,6 +54,10 @@ async def _overloaded(request: Request, exc: Exception) -> Response:
 
 async def _shutting_down(request: Request, exc: Exception) -> Response:
     return json_response({"detail": str(exc)}, 503, {"Retry-After": "5"})
+
+
+async def _outbound_refused(request: Request, exc: Exception) -> Response:
+    return json_response({"detail": str(exc)}, 403)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -33,6 +33,7 @@ from sparring.rollouts.runner import new_episode_id
 from sparring.server.gate import EpisodeGate
 from sparring.server.metrics import ServiceMetrics
 from sparring.server.settings import ServerSettings
+from sparring.web.outbound import AllowList
 
 
 class ShuttingDown(Exception):
@@ -189,6 +190,13 @@ class RolloutService:
     def config(self, env: str, overrides: dict[str, Any]) -> EpisodeConfig:
         """The base settings with a request's overrides (already checked against the bounds)."""
         return replace(self.base_config(env), **overrides) if overrides else self.base_config(env)
+
+    def check_env_url(self, env: str, task: dict[str, Any], where: str) -> None:
+        """Refuse a task whose `env_url` is not `--env-url` or an `--allow-env-url` (403, nothing sent to it)."""
+        url = task.get("env_url")
+        if url is not None:
+            allowed = AllowList([*self.settings.env_urls, self.base_config(env).env_url])
+            allowed.check(url, f"{where}.env_url", "--env-url and --allow-env-url")
 
     def admit(
         self, tasks: list[tuple[str, dict[str, Any]]], repeats: int, overrides: dict[str, Any], concurrency: int

@@ -1,4 +1,4 @@
-"""The rollout service's own settings: capacity, the bounds requests must stay within, shutdown, auth.
+"""The rollout service's own settings: capacity, request bounds, shutdown, auth, the servers it may contact.
 
 Model endpoints and default limits are not here: they come from `sparring.options` exactly as for
 `sparring run`, so the service plays the same episodes as the CLI. Every setting is checked when the
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparring.web import DEFAULT_MAX_BODY_BYTES
+from sparring.web.outbound import check_url
 from sparring.web.serving import at_least, seconds
 
 # The flag that sets each bound, named in the error a bad value gets.
@@ -47,6 +48,8 @@ class ServerSettings:
     shutdown_grace_s: float = 30.0
     """On SIGTERM, in-flight episodes get this long to finish before they end as aborted."""
     api_key: str | None = None
+    env_urls: tuple[str, ...] = ()
+    """Resources servers (env 'remote') a request may name as its `env_url`, besides the configured `--env-url`."""
     readiness_timeout_s: float = 3.0
     max_sampling_variants: int = 16
     """Distinct sampling settings (each needs its own model clients) kept warm; idle ones beyond are closed."""
@@ -58,3 +61,5 @@ class ServerSettings:
         at_least("max_sampling_variants", self.max_sampling_variants, 1)
         seconds("--shutdown-grace", self.shutdown_grace_s)
         seconds("readiness_timeout_s", self.readiness_timeout_s, positive=True)
+        for url in self.env_urls:
+            check_url("--allow-env-url", url)

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from sparring.envs.registry import get_environment
 from sparring.rollouts.tasks import TaskError
 from sparring.server import nemo_gym
-from sparring.server.errors import ERROR_RESPONSES, unprocessable
+from sparring.server.errors import ENV_URL_REFUSED, ERROR_RESPONSES, unprocessable
 from sparring.server.routes import Service
 from sparring.server.schemas import AggregateMetricsRequest, AggregateMetricsResponse, RequestModels
 from sparring.server.streams import collect
@@ -28,6 +28,7 @@ def router(models: RequestModels) -> APIRouter:
             200: {"description": "The row, `response` (Responses API object, token ids on policy items), `reward`."},
             502: {"description": "The episode aborted (model or environment failure); the record is in the body."},
             422: {"description": "Invalid row, or one the environment cannot seed (then with the record)."},
+            **ENV_URL_REFUSED,
             **ERROR_RESPONSES,
         },
     )
@@ -39,6 +40,7 @@ def router(models: RequestModels) -> APIRouter:
             task = nemo_gym.row_to_task(row, "row")
         except TaskError as exc:
             raise unprocessable(["body"], str(exc)) from None
+        service.check_env_url(env, task, "row")
         play = service.admit([(env, task)], 1, nemo_gym.sampling_overrides(params), 1)
         record = (await collect(play, request))[0]
         if record["status"] == "aborted":

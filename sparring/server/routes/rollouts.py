@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from sparring.rollouts.tasks import TaskError, parse_task
 from sparring.server import nemo_gym
-from sparring.server.errors import ERROR_RESPONSES, unprocessable
+from sparring.server.errors import ENV_URL_REFUSED, ERROR_RESPONSES, unprocessable
 from sparring.server.routes import Service
 from sparring.server.schemas import RequestModels, RolloutsResponse
 from sparring.server.service import RolloutService
@@ -26,7 +26,7 @@ def router(models: RequestModels) -> APIRouter:
         "/v1/rollouts",
         summary="Play one task (repeats times) and return its records",
         response_model=None,
-        responses={200: {"model": RolloutsResponse}, **ERROR_RESPONSES},
+        responses={200: {"model": RolloutsResponse}, **ENV_URL_REFUSED, **ERROR_RESPONSES},
     )
     async def rollouts(body: models.rollout, request: Request, service: Service) -> Response:  # type: ignore[name-defined]
         task = resolve(service, body.env, body.task, ["task"])
@@ -46,6 +46,7 @@ def router(models: RequestModels) -> APIRouter:
                 "description": 'One rollout record per line, in completion order, then `{"summary": {...}}`.',
                 "content": {NDJSON: {"schema": {"anyOf": [_ref("RecordModel"), _ref("BatchSummaryLine")]}}},
             },
+            **ENV_URL_REFUSED,
             **ERROR_RESPONSES,
         },
     )
@@ -61,7 +62,7 @@ def router(models: RequestModels) -> APIRouter:
 def resolve(
     service: RolloutService, env: str | None, task: BaseModel | dict[str, Any], where: list[str | int]
 ) -> tuple[str, dict[str, Any]]:
-    """The environment and the task (sparring's, or converted from a NeMo Gym row), or a 422 naming the field."""
+    """The environment and the task (sparring's, or a NeMo Gym row's), or a 422 naming the field (403: its env_url)."""
     row = task.model_dump(exclude_none=True) if isinstance(task, BaseModel) else task
     try:
         if "responses_create_params" in row:
@@ -70,7 +71,9 @@ def resolve(
             parsed = parse_task(row, ".".join(map(str, where)))
     except TaskError as exc:
         raise unprocessable(["body", *where], str(exc)) from None
-    return env or row.get("env") or service.settings.default_env, parsed
+    name = env or row.get("env") or service.settings.default_env
+    service.check_env_url(name, parsed, ".".join(map(str, where)))
+    return name, parsed
 
 
 def overrides(settings_model: Any) -> dict[str, Any]:
