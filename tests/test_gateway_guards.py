@@ -146,3 +146,122 @@ async def test_a_remote_verifier_contacts_an_allowed_server() -> None:
                 finish = f"/v1/sessions/{session['session_id']}/finish"
                 tried = await http.post(finish, json={"verifier": "remote", "env_state": remote_state(allowed.url)})
     assert tried.status_code == 422 and allowed.hits == ["/verify"]  # asked, and its refusal reported
+
+
+# -- item 6: a session belongs to whoever opened it --------------------------------------------------------
+
+
+async def test_another_client_with_the_same_key_cannot_see_touch_or_finish_a_session() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], api_key="s3cret") as gw:
+            async with (
+                httpx.AsyncClient(base_url=gw.url, headers=KEY) as alice,
+                httpx.AsyncClient(base_url=gw.url, headers=KEY) as mallory,
+            ):
+                mine = (await alice.post("/v1/sessions", json={"task": {"id": "alice"}})).json()
+                listed = (await mallory.get("/v1/sessions")).json()["sessions"]
+                # Whatever id Mallory learns (from a listing, a record, the policy server's logs), it opens nothing.
+                ids = [s.get("record_id") or s.get("session_id") for s in listed]
+                attempts = []
+                for sid in ids:
+                    attempts += [
+                        await mallory.get(f"/v1/sessions/{sid}"),
+                        await mallory.post(f"/sessions/{sid}/v1/chat/completions", json={"messages": OPENING}),
+                        await mallory.get(f"/sessions/{sid}/v1/models"),
+                        await mallory.post(f"/v1/sessions/{sid}/finish", json={"reward": 1.0}),
+                        await mallory.delete(f"/v1/sessions/{sid}"),
+                    ]
+                record = (await alice.post(f"/v1/sessions/{mine['session_id']}/finish", json={"reward": 0.25})).json()
+    assert [r.status_code for r in attempts] == [404] * 5
+    assert {r.json().get("detail") or r.json()["error"]["message"] for r in attempts} == {"no such session"}
+    assert ids == [mine["record_id"]] and mine["record_id"] != mine["session_id"]
+    assert (record["id"], record["status"], record["reward"]) == (mine["record_id"], "completed", 0.25)
+    assert fake.requests == []  # nothing of Mallory's reached the policy server
+
+
+async def test_the_listing_shows_the_callers_own_sessions_and_the_operator_sees_all() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], options={"operator_key": "op-key"}) as gw:
+            clients = {
+                name: httpx.AsyncClient(base_url=gw.url, headers={"Authorization": f"Bearer {name}-token"})
+                for name in ("carol", "dave")
+            }
+            async with clients["carol"] as carol, clients["dave"] as dave, httpx.AsyncClient(base_url=gw.url) as anon:
+                opened = {
+                    "carol": [(await carol.post("/v1/sessions", json={})).json()["record_id"] for _ in range(2)],
+                    "dave": [(await dave.post("/v1/sessions", json={})).json()["record_id"]],
+                    "anonymous": [(await anon.post("/v1/sessions", json={})).json()["record_id"]],
+                }
+                seen = {
+                    "carol": (await carol.get("/v1/sessions")).json()["sessions"],
+                    "dave": (await dave.get("/v1/sessions")).json()["sessions"],
+                    "anonymous": (await anon.get("/v1/sessions")).json()["sessions"],
+                    "operator": (await anon.get("/v1/sessions", headers={"Authorization": "Bearer op-key"})).json()[
+                        "sessions"
+                    ],
+                }
+    ids = {who: [s["record_id"] for s in sessions] for who, sessions in seen.items()}
+    assert ids["carol"] == opened["carol"] and ids["dave"] == opened["dave"]
+    assert ids["anonymous"] == []  # no credential: nothing provably its own
+    assert ids["operator"] == [*opened["carol"], *opened["dave"], *opened["anonymous"]]
+    assert all("session_id" not in s for sessions in seen.values() for s in sessions)  # handles never listed
+
+
+async def test_the_operator_key_passes_auth() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], api_key="s3cret", options={"operator_key": "op-key"}) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                operator = await http.get("/v1/sessions", headers={"Authorization": "Bearer op-key"})
+                other = await http.get("/v1/sessions", headers={"Authorization": "Bearer op-ke"})
+    assert (operator.status_code, other.status_code) == (200, 401)
+
+
+# -- item 7: bounded memory ----------------------------------------------------------------------------------
+
+
+async def test_sessions_idle_timeouts_and_metadata_are_bounded() -> None:
+    options = {"max_sessions": 2, "max_metadata_bytes": 1000, "max_idle_timeout_s": 60.0}
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], idle_timeout_s=30.0, options=options) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                forever = [
+                    await http.post("/v1/sessions", json={"limits": {"idle_timeout_s": 1e308}}),
+                    await http.post("/v1/sessions", content=b'{"limits": {"idle_timeout_s": Infinity}}', headers=JSON),
+                ]
+                heavy = await http.post("/v1/sessions", json={"metadata": {"blob": "x" * 1000}})
+                first = (await http.post("/v1/sessions", json={"metadata": {"run": 1}})).json()
+                second = (await http.post("/v1/sessions", json={})).json()
+                full = await http.post("/v1/sessions", json={})
+                finish = f"/v1/sessions/{first['session_id']}/finish"
+                grown = await http.post(finish, json={"reward": 1, "metadata": {"blob": "x" * 1000}})
+                done = await http.post(finish, json={"reward": 1, "metadata": {"ok": True}})
+                room = await http.post("/v1/sessions", json={})
+    assert [r.status_code for r in forever] == [422, 422]
+    assert forever[0].json()["detail"] == (
+        "limits.idle_timeout_s: must be at most 60 seconds (--max-idle-timeout), got 1e+308"
+    )
+    assert heavy.status_code == 422 and "the limit is 1000 bytes (--max-metadata-bytes)" in heavy.json()["detail"]
+    assert full.status_code == 429 and "--max-sessions 2" in full.json()["detail"]
+    assert 1 <= int(full.headers["retry-after"]) <= 300
+    assert grown.status_code == 422 and "--max-metadata-bytes" in grown.json()["detail"]
+    assert done.status_code == 200 and done.json()["metadata"] == {"run": 1, "ok": True}  # the refusal kept it open
+    assert room.status_code == 201 and second["session_id"] != first["session_id"]
+
+
+async def test_the_listing_comes_a_page_at_a_time() -> None:
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], api_key="s3cret") as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=KEY) as http:
+                opened = [(await http.post("/v1/sessions", json={})).json()["record_id"] for _ in range(5)]
+                pages = []
+                cursor = None
+                while True:
+                    params = {"limit": 2} | ({"cursor": cursor} if cursor is not None else {})
+                    page = (await http.get("/v1/sessions", params=params)).json()
+                    pages.append([s["record_id"] for s in page["sessions"]])
+                    cursor = page["next_cursor"]
+                    if cursor is None:
+                        break
+                too_big = await http.get("/v1/sessions", params={"limit": 10_000})
+    assert pages == [opened[0:2], opened[2:4], opened[4:5]]
+    assert too_big.status_code == 422

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from sparring import __version__
 from sparring.gateway.routes import gateway_router
 from sparring.gateway.sessions import Gateway
-from sparring.gateway.settings import DEFAULT_IDLE_TIMEOUT_S, GatewaySettings
+from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.graphs.context import EpisodeConfig
 from sparring.models.pool import endpoint_config
@@ -23,15 +24,15 @@ from sparring.web.metrics import HttpMetrics, metrics_endpoint
 def build_gateway(
     config: EpisodeConfig,
     *,
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     output: str | Path | None = None,
-    keep_ended: int = 1000,
-    env_urls: tuple[str, ...] = (),
     registry: CollectorRegistry | None = None,
+    env_urls: tuple[str, ...] = (),
+    **settings: Any,
 ) -> Gateway:
     """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset.
 
-    A `remote` verifier may contact `config.env_url` and `env_urls`, nothing else.
+    A `remote` verifier may contact `config.env_url` and `env_urls`, nothing else; `settings` are
+    GatewaySettings' bounds (idle_timeout_s, keep_ended, max_sessions, ..., operator_key).
     """
     sampling = {
         key: value
@@ -42,15 +43,14 @@ def build_gateway(
         )
         if value is not None
     }
-    settings = GatewaySettings(
+    gateway_settings = GatewaySettings(
         model=config.policy_model,
         sampling=sampling,
-        idle_timeout_s=idle_timeout_s,
-        keep_ended=keep_ended,
         output=Path(output) if output is not None else None,
         env_urls=(*env_urls, *([config.env_url] if config.env_url else [])),
+        **settings,
     )
-    return Gateway(Upstream(endpoint_config(config, "policy")), settings, registry)
+    return Gateway(Upstream(endpoint_config(config, "policy")), gateway_settings, registry)
 
 
 def create_app(
@@ -60,7 +60,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The gateway alone: its routes behind bearer auth and the body limit, `/healthz`, `/metrics`."""
+    """The gateway alone: its routes behind bearer auth and the body limit, `/healthz`, `/metrics`.
+
+    The gateway's operator key passes the auth as the API key does.
+    """
     registry = registry or CollectorRegistry()
     app = FastAPI(
         title="sparring agent gateway",
@@ -68,7 +71,8 @@ def create_app(
         description="An OpenAI-compatible endpoint per session that records the policy's exact tokens.",
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    app.add_middleware(BearerAuth, api_key=api_key)  # before the body is read; /healthz stays open
+    # before the body is read; /healthz stays open
+    app.add_middleware(BearerAuth, api_key=api_key, operator_key=gateway.settings.operator_key)
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(gateway_router(gateway))

@@ -17,7 +17,7 @@ from sparring.options import UsageError, add_episode_options, episode_config
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add `gateway` to the main parser."""
     from sparring.gateway.settings import DEFAULT_IDLE_TIMEOUT_S
-    from sparring.web import API_KEY_VARIABLE, DEFAULT_MAX_BODY_BYTES
+    from sparring.web import API_KEY_VARIABLE, DEFAULT_MAX_BODY_BYTES, OPERATOR_KEY_VARIABLE
 
     parser = subparsers.add_parser(
         "gateway",
@@ -44,6 +44,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         metavar="FILE",
         help=f"bearer token agents and harnesses must send (default: ${API_KEY_VARIABLE})",
     )
+    parser.add_argument(
+        "--operator-key-file",
+        metavar="FILE",
+        help=f"bearer token that lists every session; others list only their own (default: ${OPERATOR_KEY_VARIABLE})",
+    )
+    limits = parser.add_argument_group("bounds (memory)")
+    limits.add_argument(
+        "--max-sessions", type=int, default=1000, help="sessions open at once; one more gets 429 (default: 1000)"
+    )
+    limits.add_argument(
+        "--max-idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="the longest idle timeout a session may ask for (default: 3600)",
+    )
+    limits.add_argument(
+        "--max-metadata-bytes",
+        type=int,
+        default=256 * 1024,
+        help="most bytes of a session's task and metadata, as JSON (default: 262144)",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument(
         "--allow-env-url",
@@ -63,7 +85,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from sparring.gateway.app import build_gateway, create_app
-    from sparring.web.auth import SecurityError, resolve_api_key
+    from sparring.web.auth import SecurityError, resolve_api_key, resolve_operator_key
     from sparring.web.serving import SettingError, at_least, exposure_warning, listen, shown_address
 
     config = episode_config(args, "tictactoe", roles=("policy",))
@@ -71,11 +93,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         gateway = build_gateway(
             config,
-            idle_timeout_s=args.idle_timeout,
             output=args.output,
-            keep_ended=args.keep_ended,
-            env_urls=tuple(args.allow_env_url),
             registry=registry,
+            env_urls=tuple(args.allow_env_url),
+            idle_timeout_s=args.idle_timeout,
+            keep_ended=args.keep_ended,
+            max_sessions=args.max_sessions,
+            max_idle_timeout_s=args.max_idle_timeout,
+            max_metadata_bytes=args.max_metadata_bytes,
+            operator_key=resolve_operator_key(args.operator_key_file),
         )
         api_key = resolve_api_key(args.api_key_file)
         at_least("--max-body-bytes", args.max_body_bytes, 1)

@@ -17,6 +17,7 @@ _OPENAI_TYPES = {
     409: "conflict_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     502: "upstream_error",
 }
 
@@ -32,7 +33,11 @@ class GatewayError(Exception):
 
     def http(self) -> HTTPException:
         """As a management route answers it."""
-        return HTTPException(self.status, self.message)
+        return HTTPException(self.status, self.message, headers=self.headers())
+
+    def headers(self) -> dict[str, str] | None:
+        """Headers the answer carries besides the body."""
+        return None
 
     def openai(self) -> Response:
         """As the OpenAI surface answers it."""
@@ -53,6 +58,19 @@ class SessionEnded(GatewayError):
 
 class InvalidCall(GatewayError):
     status = 422
+
+
+class TooManySessions(GatewayError):
+    """No room for another session; `retry_after_s` is when the next idle one times out."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class UpstreamFailed(GatewayError):

@@ -5,6 +5,11 @@
 reach the gateway through `app.state.gateway`, which the router's lifespan sets; when the server
 stops, the lifespan ends open sessions as aborted (`shutdown`), so no record is lost.
 
+`{session_id}` in every path is the session's handle, a secret only its opener gets: an agent's
+OpenAI client carries it in its base URL, so an unmodified SDK works and nothing else can reach the
+session. The listing shows the sessions opened with the caller's bearer token (all of them to the
+operator key), a page at a time.
+
 Errors: management routes answer `{"detail": ...}` like the rest of our HTTP service; the OpenAI
 surface answers `{"error": {"message", "type", "code"}}`, the shape OpenAI SDKs read.
 """
@@ -17,15 +22,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from sparring.gateway import proxy
 from sparring.gateway.errors import GatewayError, openai_error
 from sparring.gateway.schemas import CreateSession, FinishSession
 from sparring.gateway.sessions import Gateway
+from sparring.web.auth import bearer_token, credential_id, same_secret
 from sparring.web.body import BodyError, JSONRoute, json_response, load_json, unsupported_media_type
 
+MAX_PAGE = 200
 _CHAT_BODY = {
     "requestBody": {
         "required": True,
@@ -74,11 +81,15 @@ async def create_session(
     gateway: Current,
     body: Annotated[CreateSession | None, Body()] = None,
 ) -> Response:
-    session = gateway.create(body or CreateSession())
-    base_url = str(request.url_for("gateway_models", session_id=session.id)).removesuffix("/models")
+    try:
+        handle, session = gateway.create(body or CreateSession(), credential_id(bearer_token(request.scope)))
+    except GatewayError as exc:
+        raise exc.http() from None
+    base_url = str(request.url_for("gateway_models", session_id=handle)).removesuffix("/models")
     return json_response(
         {
-            "session_id": session.id,
+            "session_id": handle,
+            "record_id": session.id,
             "base_url": base_url,
             "idle_timeout_s": session.idle_timeout_s,
             "limits": session.limits.model_dump(),
@@ -87,9 +98,17 @@ async def create_session(
     )
 
 
-@management.get("/v1/sessions", summary="Sessions in flight")
-async def list_sessions(gateway: Current) -> Response:
-    return json_response({"sessions": gateway.listing()})
+@management.get("/v1/sessions", summary="The caller's sessions in flight (the operator's: all), a page at a time")
+async def list_sessions(
+    request: Request,
+    gateway: Current,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Sessions per page.")] = 50,
+    cursor: Annotated[int | None, Query(ge=0, description="`next_cursor` of the previous page.")] = None,
+) -> Response:
+    token = bearer_token(request.scope)
+    operator = same_secret(token, gateway.settings.operator_key)
+    sessions, next_cursor = gateway.listing(credential_id(token), operator=operator, after=cursor, limit=limit)
+    return json_response({"sessions": sessions, "next_cursor": next_cursor})
 
 
 @management.get("/v1/sessions/{session_id}", summary="A session in flight, or an ended one's record")

@@ -5,6 +5,11 @@ Every session that starts ends with a recorded status and a rollout record: `com
 (`idle_timeout`) or the gateway shutting down (`shutdown`). Records are kept for `GET` (the most
 recent `keep_ended` of them) and appended to the JSONL output, when there is one, as sessions end.
 The calls a session takes are `proxy.py`'s.
+
+A session is found by its handle, which only whoever opened it has (see `session.py`): anything else
+is "no such session" (404), whether or not a session exists. Memory is bounded: at most
+`max_sessions` open (429 past it), each with at most `max_metadata_bytes` of task and metadata and
+an idle timeout of at most `max_idle_timeout_s`, and listings come a page at a time.
 """
 
 from __future__ import annotations
@@ -13,19 +18,18 @@ import asyncio
 import contextlib
 import math
 import time
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sparring.gateway.errors import Forbidden, InvalidCall, SessionEnded, SessionNotFound
+from sparring.gateway.errors import Forbidden, InvalidCall, SessionEnded, SessionNotFound, TooManySessions
 from sparring.gateway.history import fingerprints, message_errors
 from sparring.gateway.metrics import GatewayMetrics
 from sparring.gateway.record import session_record
 from sparring.gateway.schemas import CreateSession, FinishSession
-from sparring.gateway.session import Outcome, Session
+from sparring.gateway.session import Outcome, Session, handle_key, new_handle
 from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.gateway.verifiers import verify_session
@@ -41,62 +45,105 @@ class Gateway:
     ) -> None:
         self.upstream = upstream
         self.settings = settings
-        self.sessions: dict[str, Session] = {}
-        self.ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.sessions: dict[bytes, Session] = {}
+        """Open sessions by handle key, in the order they were opened."""
+        self.ended: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self.metrics = GatewayMetrics(registry or CollectorRegistry())
+        self._opened = 0
         self._reaper: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
 
-    def create(self, request: CreateSession) -> Session:
-        """A new session, pinned to the least-loaded replica."""
+    def create(self, request: CreateSession, owner: bytes | None) -> tuple[str, Session]:
+        """A new session of `owner`, pinned to the least-loaded replica, and its handle (returned only here)."""
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise TooManySessions(
+                f"the gateway has {len(self.sessions)} sessions open (--max-sessions "
+                f"{self.settings.max_sessions}); finish or delete one, or retry later",
+                self._retry_after(),
+            )
+        idle_timeout_s = request.limits.idle_timeout_s
+        if idle_timeout_s is not None and idle_timeout_s > self.settings.max_idle_timeout_s:
+            raise InvalidCall(
+                f"limits.idle_timeout_s: must be at most {self.settings.max_idle_timeout_s:g} seconds "
+                f"(--max-idle-timeout), got {idle_timeout_s:g}"
+            )
+        self._check_size(request.task, request.metadata, "task and metadata: together")
+        handle, key = new_handle()
+        self._opened += 1
         session = Session(
-            id=uuid.uuid4().hex,
+            key=key,
+            owner=owner,
+            seq=self._opened,
             task=request.task,
             metadata=request.metadata,
             limits=request.limits,
-            idle_timeout_s=request.limits.idle_timeout_s or self.settings.idle_timeout_s,
+            idle_timeout_s=idle_timeout_s or self.settings.idle_timeout_s,
             task_index=request.task_index,
             repeat_index=request.repeat_index,
         )
         session.idle.set()
         self.upstream.replicas.pick_least_loaded(session.id)
-        self.sessions[session.id] = session
+        self.sessions[key] = session
         self.metrics.active.inc()
         self._ensure_reaper()
-        return session
+        return handle, session
 
     def holds(self, session: Session) -> bool:
         """Whether the session is still open here (not ended, even if finishing)."""
-        return self.sessions.get(session.id) is session
+        return self.sessions.get(session.key) is session
 
-    def active(self, session_id: str) -> Session:
-        """A session in flight; 404 if unknown, 409 if it has ended or is finishing."""
-        session = self.sessions.get(session_id)
+    def active(self, handle: str) -> Session:
+        """A session in flight; 404 if no session has this handle, 409 if it has ended or is finishing."""
+        key = handle_key(handle)
+        session = self.sessions.get(key)
         if session is not None and not session.closing:
             return session
-        if session is not None or session_id in self.ended:
-            raise SessionEnded(f"session {session_id} has ended; start a new one")
-        raise SessionNotFound(f"no session {session_id}")
+        if session is not None:
+            raise SessionEnded(f"session {session.id} is finishing; start a new one")
+        record = self.ended.get(key)
+        if record is not None:
+            raise SessionEnded(f"session {record['id']} has ended; start a new one")
+        raise SessionNotFound("no such session")
 
-    def show(self, session_id: str) -> dict[str, Any]:
+    def show(self, handle: str) -> dict[str, Any]:
         """A session in flight (summary) or an ended one (its record)."""
-        session = self.sessions.get(session_id)
+        key = handle_key(handle)
+        session = self.sessions.get(key)
         if session is not None:
             return session.summary()
-        record = self.ended.get(session_id)
+        record = self.ended.get(key)
         if record is None:
-            raise SessionNotFound(f"no session {session_id}")
+            raise SessionNotFound("no such session")
         return record
 
-    def listing(self) -> list[dict[str, Any]]:
-        """The sessions in flight."""
-        return [session.summary() for session in self.sessions.values()]
+    def listing(
+        self, caller: bytes | None, *, operator: bool, after: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the sessions in flight that `caller` opened (every one, for the operator), and the next cursor.
 
-    async def finish(self, session_id: str, request: FinishSession) -> dict[str, Any]:
+        A caller with no credential owns nothing it could list: only the operator sees those sessions.
+        """
+        page: list[Session] = []
+        more = False
+        for session in self.sessions.values():
+            if after is not None and session.seq <= after:
+                continue
+            if not operator and (caller is None or session.owner != caller):
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(session)
+        return [s.summary() for s in page], (page[-1].seq if more else None)
+
+    async def finish(self, handle: str, request: FinishSession) -> dict[str, Any]:
         """Score the session once its calls in flight have answered, and end it with its record."""
-        session = self.active(session_id)
+        session = self.active(handle)
         if request.verifier is not None:
             self._check_outbound(request.verifier, session.task, request.env_state)
+        metadata = {**session.metadata, **(request.metadata or {})}
+        if request.metadata:
+            self._check_size(session.task, metadata, "metadata: with it, the session's task and metadata are")
         session.closing = True
         try:
             await session.idle.wait()
@@ -121,7 +168,7 @@ class Gateway:
         except Exception as exc:
             session.closing = False  # nothing is lost: the harness may finish again, another way
             raise InvalidCall(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)) from None
-        session.metadata.update(request.metadata or {})
+        session.metadata = metadata
         if session.branches.items:
             session.branches.items[0].messages = main
         outcome: Outcome = ("truncated", session.truncation) if session.truncation else ("completed", "agent_done")
@@ -143,14 +190,16 @@ class Gateway:
             if refusal is not None:
                 raise Forbidden(refusal)
 
-    async def abort(
-        self, session_id: str, stop_reason: str = "cancelled", message: str | None = None
-    ) -> dict[str, Any]:
-        """End a session unscored (reward null); replies still in flight reach the agent but not the record."""
-        session = self.sessions.get(session_id)
+    async def abort(self, handle: str) -> dict[str, Any]:
+        """End a session unscored (reward null, `cancelled`), even one that is finishing."""
+        session = self.sessions.get(handle_key(handle))
         if session is None:
-            self.active(session_id)  # raises 404 or 409
+            self.active(handle)  # raises 404 or 409
         assert session is not None
+        return await self._abort(session, "cancelled")
+
+    async def _abort(self, session: Session, stop_reason: str, message: str | None = None) -> dict[str, Any]:
+        """End a session unscored; replies still in flight reach the agent but not the record."""
         error = {"type": stop_reason, "message": message or f"session {stop_reason.replace('_', ' ')}"}
         return await self._end(
             session, ("aborted", stop_reason), reward=None, components={}, env_result={}, error=error
@@ -163,8 +212,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        for session_id in list(self.sessions):
-            await self.abort(session_id, "shutdown", "the gateway shut down")
+        for session in list(self.sessions.values()):
+            await self._abort(session, "shutdown", "the gateway shut down")
         await self.upstream.aclose()
 
     async def _end(
@@ -178,7 +227,7 @@ class Gateway:
         error: dict[str, Any] | None,
         env: str | None = None,
     ) -> dict[str, Any]:
-        if self.sessions.pop(session.id, None) is None:
+        if self.sessions.pop(session.key, None) is None:
             raise SessionEnded(f"session {session.id} has ended; start a new one")
         session.closing = True
         self.upstream.replicas.release(session.id)
@@ -199,10 +248,25 @@ class Gateway:
             line = dumps(record) + b"\n"
             async with self._write_lock:
                 await asyncio.to_thread(_append, self.settings.output, line)
-        self.ended[session.id] = record
+        self.ended[session.key] = record
         while len(self.ended) > self.settings.keep_ended:
             self.ended.popitem(last=False)
         return record
+
+    def _check_size(self, task: dict[str, Any], metadata: dict[str, Any], what: str) -> None:
+        """InvalidCall (422) when task and metadata, as JSON, are over `max_metadata_bytes`."""
+        size = len(dumps(task)) + len(dumps(metadata))
+        if size > self.settings.max_metadata_bytes:
+            raise InvalidCall(
+                f"{what} {size} bytes as JSON; the limit is {self.settings.max_metadata_bytes} bytes "
+                "(--max-metadata-bytes)"
+            )
+
+    def _retry_after(self) -> int:
+        """Seconds until the next idle session times out (and frees its room), within 1 to 300."""
+        now = time.monotonic()
+        waits = [s.idle_timeout_s - (now - s.last_active) for s in self.sessions.values() if not s.in_flight]
+        return min(max(math.ceil(min(waits, default=self.settings.idle_timeout_s)), 1), 300)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
@@ -214,7 +278,7 @@ class Gateway:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 if not session.in_flight and not session.closing and now - session.last_active > session.idle_timeout_s:
-                    await self.abort(session.id, "idle_timeout", f"no call for {session.idle_timeout_s:g} s")
+                    await self._abort(session, "idle_timeout", f"no call for {session.idle_timeout_s:g} s")
             shortest = min((s.idle_timeout_s for s in self.sessions.values()), default=1.0)
             await asyncio.sleep(min(1.0, shortest / 4))
 

@@ -55,7 +55,7 @@ def create_app(
     app.state.service = service
     # The last added runs first: metrics see every answer, auth comes before the body is read.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BearerAuth, api_key=settings.api_key)
+    app.add_middleware(BearerAuth, api_key=settings.api_key, operator_key=settings.operator_key)
     app.add_middleware(HttpMetrics, registry=registry)
     errors.install(app)
     for router in (

@@ -16,7 +16,7 @@ from typing import Any
 from sparring.envs.registry import ENVIRONMENTS
 from sparring.options import UsageError, add_episode_options, episode_config
 from sparring.server.settings import ServerSettings
-from sparring.web import API_KEY_VARIABLE
+from sparring.web import API_KEY_VARIABLE, OPERATOR_KEY_VARIABLE
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     parser.add_argument("--env", default=defaults.default_env, choices=sorted(ENVIRONMENTS), help="default env")
     parser.add_argument(
         "--api-key-file", metavar="FILE", help=f"bearer token clients must send (default: ${API_KEY_VARIABLE})"
+    )
+    parser.add_argument(
+        "--operator-key-file",
+        metavar="FILE",
+        help=f"bearer token that also lists every gateway session (default: ${OPERATOR_KEY_VARIABLE})",
     )
     service = parser.add_argument_group("capacity and bounds")
     service.add_argument("--max-concurrent-episodes", type=int, default=defaults.max_concurrent_episodes)
@@ -78,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sparring.gateway.app import build_gateway
     from sparring.gateway.routes import gateway_router
     from sparring.server.app import create_app
-    from sparring.web.auth import SecurityError, resolve_api_key
+    from sparring.web.auth import SecurityError, resolve_api_key, resolve_operator_key
     from sparring.web.serving import SettingError, exposure_warning, listen, shown_address
 
     try:
@@ -95,13 +100,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             shutdown_grace_s=args.shutdown_grace,
             api_key=resolve_api_key(args.api_key_file),
+            operator_key=resolve_operator_key(args.operator_key_file),
             env_urls=tuple(args.allow_env_url),
         )
         sock = listen(args.host, args.port)
     except (SettingError, SecurityError) as exc:
         raise UsageError(str(exc)) from None
     registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
-    gateway = build_gateway(episode_config(args, args.env, roles=("policy",)), registry=registry)
+    gateway = build_gateway(
+        episode_config(args, args.env, roles=("policy",)), registry=registry, operator_key=settings.operator_key
+    )
     app = create_app(
         settings, lambda env: episode_config(args, env), extra_routers=[gateway_router(gateway)], registry=registry
     )

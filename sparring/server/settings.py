@@ -48,6 +48,8 @@ class ServerSettings:
     shutdown_grace_s: float = 30.0
     """On SIGTERM, in-flight episodes get this long to finish before they end as aborted."""
     api_key: str | None = None
+    operator_key: str | None = None
+    """Passes wherever the API key does; the gateway's routes also list every session to it."""
     env_urls: tuple[str, ...] = ()
     """Resources servers (env 'remote') a request may name as its `env_url`, besides the configured `--env-url`."""
     readiness_timeout_s: float = 3.0

@@ -7,4 +7,5 @@ nothing else from sparring: both faces sit above it.
 
 # Here rather than beside the code using them, so the CLI's parser reads them without loading FastAPI.
 API_KEY_VARIABLE = "SPARRING_API_KEY"
+OPERATOR_KEY_VARIABLE = "SPARRING_OPERATOR_KEY"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
