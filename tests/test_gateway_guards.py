@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 import httpx
+import openai
+from aiohttp import web
 from gateway_harness import running_gateway
 from outbound_target import BANNER, Target
 
@@ -265,3 +267,73 @@ async def test_the_listing_comes_a_page_at_a_time() -> None:
                 too_big = await http.get("/v1/sessions", params={"limit": 10_000})
     assert pages == [opened[0:2], opened[2:4], opened[4:5]]
     assert too_big.status_code == 422
+
+
+# -- item 13: an agent never gets an empty or silently cut 200 stream ----------------------------------------
+
+
+class OddUpstream:
+    """A policy server that misbehaves on streams: plain JSON for "json", a stream without [DONE] for "cut"."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        reply = {
+            "id": "c1",
+            "object": "chat.completion",
+            "model": "policy",
+            "prompt_token_ids": [1, 2],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        }
+        if body["messages"][-1]["content"] == "json":
+            return web.json_response(reply)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "h"}}]}
+        await stream.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        return stream  # ends without [DONE]
+
+    async def __aenter__(self) -> OddUpstream:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_a_stream_answered_with_plain_json_or_cut_before_done_is_an_error_for_the_agent() -> None:
+    async with OddUpstream() as upstream:
+        with running_gateway([upstream.url], max_retries=0) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={})).json()
+                client = openai.AsyncOpenAI(base_url=session["base_url"], api_key="unused", max_retries=0)
+                errors = []
+                for text in ("json", "cut"):
+                    try:
+                        stream = await client.chat.completions.create(
+                            model="m", messages=[{"role": "user", "content": text}], stream=True
+                        )
+                        chunks = [chunk async for chunk in stream]
+                    except openai.APIError as exc:
+                        errors.append(exc)
+                    else:
+                        raise AssertionError(f"{text}: the agent got {len(chunks)} chunks and no error")
+                record = (await http.post(f"/v1/sessions/{session['session_id']}/finish", json={"reward": 0})).json()
+    as_json, cut = errors
+    assert isinstance(as_json, openai.APIStatusError) and as_json.status_code == 502
+    assert "'application/json', not an event stream" in as_json.message
+    assert "ended the stream before [DONE]" in cut.message
+    assert [c["reason"] for c in record["unrecorded_calls"]] == [
+        "the policy server answered a streaming request with 'application/json', not an event stream",
+        "the stream ended before [DONE]",
+    ]

@@ -117,9 +117,19 @@ async def _open_stream(
         await stack.aclose()
         _call_done(session, branch)
         raise
+    if response.content_type != "text/event-stream":
+        # A 200 that is not a stream would relay as an empty one: the agent would get nothing and no error.
+        await stack.aclose()
+        reason = f"the policy server answered a streaming request with {response.content_type!r}, not an event stream"
+        _unrecorded(gateway, session, call, reason)
+        _call_done(session, branch)
+        raise UpstreamFailed(reason)
 
     async def relay() -> AsyncIterator[bytes]:
-        """Forward the events as they come, one write per network read; record the call at `[DONE]`."""
+        """Forward the events as they come, one write per network read; record the call at `[DONE]`.
+
+        A stream the policy server ends before `[DONE]` ends with an error event, which OpenAI SDKs raise.
+        """
         reader = StreamReader(added)
         splitter = EventSplitter()
         settled = False
@@ -141,12 +151,13 @@ async def _open_stream(
                         out.append(data_event(forwarded))
                 if out:
                     yield b"".join(out)
+            if not settled:
+                message = "the policy server ended the stream before [DONE]; the reply is incomplete"
+                yield data_event(orjson.dumps({"error": {"message": message, "type": "upstream_error", "code": 502}}))
         finally:
             await stack.aclose()
             if not settled:
-                if gateway.holds(session):
-                    session.unrecorded.append({"call": call, "reason": "the stream ended before [DONE]"})
-                    gateway.metrics.calls.labels("unrecorded").inc()
+                _unrecorded(gateway, session, call, "the stream ended before [DONE]")
                 _call_done(session, branch)
 
     return relay()
@@ -168,8 +179,7 @@ def _record(
         return None  # aborted meanwhile: the record is written already
     problem = answer.token_problem()
     if problem:
-        session.unrecorded.append({"call": call, "reason": problem})
-        gateway.metrics.calls.labels("unrecorded").inc()
+        _unrecorded(gateway, session, call, problem)
         return problem
     prompt_ids = answer.prompt_ids
     assert prompt_ids is not None
@@ -189,6 +199,13 @@ def _record(
     session.model_s += latency
     gateway.metrics.calls.labels("recorded").inc()
     return None
+
+
+def _unrecorded(gateway: Gateway, session: Session, call: int, reason: str) -> None:
+    """A call that reached the policy server but not the ledger: listed in the record with why."""
+    if gateway.holds(session):
+        session.unrecorded.append({"call": call, "reason": reason})
+        gateway.metrics.calls.labels("unrecorded").inc()
 
 
 def _note_refusal(gateway: Gateway, session: Session, raw: bytes) -> None:
