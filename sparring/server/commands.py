@@ -2,8 +2,8 @@
 
 Model endpoints and default limits come from the same flags and variables as `sparring run`
 (`sparring.options`). On SIGTERM or Ctrl-C the server stops accepting, gives running episodes
-`--shutdown-grace` seconds, then ends the rest as aborted records and sends them; a second signal
-exits at once.
+`--shutdown-grace` seconds, then ends the rest as aborted records and sends them, every stream to
+its summary line however long the client takes to read it; a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -118,16 +118,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     print(f"sparring serve: listening on {shown_address(sock)} (env {args.env}; docs at /docs)", flush=True)
     service = app.state.service
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15, access_log=False
-        )
-    )
+    # No timeout of uvicorn's own on shutdown: it would cancel a response still being written when it
+    # expires (a slow client, a loaded machine) and cut a batch stream before its summary line. The
+    # service's grace bounds the episodes; after it, the rest is writing what is owed.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None, access_log=False))
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
-        """The first signal also drains the service: batches stop after the grace period, then uvicorn exits."""
-        if not server.should_exit and service.loop is not None:
+        """The first signal drains the service (batches stop after the grace period); a second exits at once."""
+        if server.should_exit:
+            server.force_exit = True  # uvicorn forces only on a second SIGINT; any second signal does here
+        elif service.loop is not None:
             print("sparring serve: shutting down: finishing episodes in flight", file=sys.stderr, flush=True)
             service.loop.call_soon_threadsafe(service.begin_shutdown, settings.shutdown_grace_s)
         uvicorn_handle_exit(sig, frame)
