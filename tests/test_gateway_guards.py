@@ -86,6 +86,26 @@ async def test_non_finite_numbers_are_a_422_naming_the_field_and_a_refused_finis
     assert (record["status"], record["reward"]) == ("completed", 0.5)
 
 
+async def test_half_a_surrogate_pair_is_a_422_and_big_integers_reach_the_record(tmp_path: Any) -> None:
+    output = tmp_path / "sessions.jsonl"
+    async with FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], output=output) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={"task_index": 2**70})).json()
+                chat = await http.post(
+                    f"/sessions/{session['session_id']}/v1/chat/completions",
+                    content=rb'{"messages": [{"role": "user", "content": "\ud800"}]}',
+                    headers=JSON,
+                )
+                finish = f"/v1/sessions/{session['session_id']}/finish"
+                lone = await http.post(finish, content=rb'{"reward": 1, "metadata": {"x": "\ud800"}}', headers=JSON)
+                record = await http.post(finish, json={"reward": 1})
+    assert chat.status_code == 422 and chat.json()["error"]["message"].startswith("messages.0.content: ")
+    assert lone.status_code == 422 and lone.json()["detail"][0]["loc"] == ["body", "metadata", "x"]
+    assert record.status_code == 200 and record.json()["task_index"] == 2**70
+    assert json.loads(output.read_text())["task_index"] == 2**70
+
+
 # -- item 14: a body that is not JSON -----------------------------------------------------------------
 
 

@@ -63,6 +63,17 @@ async def test_non_finite_numbers_are_a_422_naming_the_field(path: str, body: by
         assert error["loc"][:2] == ["body", "responses_create_params"]
 
 
+async def test_half_a_surrogate_pair_is_a_422_naming_the_field_and_big_integers_come_back_exact() -> None:
+    async with serving() as served, served.client() as client:
+        lone = await client.post("/v1/rollouts", content=rb'{"task": {"metadata": {"a": ["\udfff"]}}}', headers=JSON)
+        pair = await client.post("/v1/rollouts", content=rb'{"task": {"id": "\ud83d\ude00"}}', headers=JSON)
+        big = await client.post("/v1/rollouts", json={"task": {"id": 2**100}})
+    assert lone.status_code == 422
+    assert lone.json()["detail"][0]["loc"] == ["body", "task", "metadata", "a", 0]
+    assert pair.status_code == 200 and pair.json()["records"][0]["task_id"] == "\N{GRINNING FACE}"
+    assert big.status_code == 200 and big.json()["records"][0]["task_id"] == 2**100
+
+
 async def test_aggregate_metrics_of_huge_rewards_is_an_answer_or_a_422_never_a_500() -> None:
     def rewards(*values: Any) -> dict[str, Any]:
         return {"verify_responses": [{"_ng_task_index": 0, "reward": value} for value in values]}

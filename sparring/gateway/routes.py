@@ -174,5 +174,6 @@ def _chat_body(raw: bytes) -> Any:
     """orjson on the hot path; what it refuses is parsed again only to say which field is wrong."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return load_json(raw)
+    except orjson.JSONDecodeError as exc:
+        load_json(raw)  # BodyError or JSONDecodeError naming the field, when the standard library sees it too
+        raise exc from None

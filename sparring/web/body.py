@@ -3,8 +3,9 @@
 - `BodySizeLimit` (ASGI middleware) answers 413 naming the limit, by Content-Length up front or by
   counting the chunks of a body sent without one.
 - `JSONRoute` (an APIRoute class) answers 415 for a body that is not JSON, and 422 naming the field
-  for a number JSON cannot carry back (NaN, Infinity, or one too large for a double, like 1e400), so
-  no schema ever sees one. It parses with the standard library, as FastAPI does, so integers stay exact.
+  for a number JSON cannot carry back (NaN, Infinity, or one too large for a double, like 1e400) or
+  a string holding half a surrogate pair (`"\\ud800"`, which no UTF-8 writer accepts), so no schema
+  ever sees one. It parses with the standard library, as FastAPI does, so integers stay exact.
 - `validation_error` is FastAPI's 422 body (`{"detail": [{type, loc, msg, ...}]}`) with each error's
   `input` kept only when it is small: a 10,001-task batch is not sent back to its client.
 - `dumps` / `json_response` write JSON with orjson, falling back to the standard library for what
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from email.message import Message as MimeMessage
 from typing import Any
@@ -30,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sparring.web import DEFAULT_MAX_BODY_BYTES
 
 MAX_ECHOED_INPUT_BYTES = 256
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -149,7 +152,7 @@ class _NonFinite:
 
 
 def load_json(body: bytes) -> Any:
-    """The parsed body (standard library rules); BodyError naming the field of a NaN, Infinity or 1e400.
+    """The parsed body (standard library rules); BodyError naming the field of a NaN, Infinity, 1e400 or lone surrogate.
 
     `json.JSONDecodeError` for text that is not JSON, as `json.loads` raises it.
     """
@@ -174,6 +177,10 @@ def load_json(body: bytes) -> Any:
     if found:
         loc = _path_to(value, found[0]) or []
         raise BodyError(loc, f"Input should be a finite number, got {found[0].text}", "finite_number")
+    if _SURROGATE_ESCAPE.search(body):  # pairs are fine (an emoji); a lone half cannot be written back out
+        loc = _lone_surrogate(value)
+        if loc is not None:
+            raise BodyError(loc, "Input should be valid Unicode, not half of a surrogate pair", "string_unicode")
     return value
 
 
@@ -183,6 +190,24 @@ def _path_to(value: Any, target: _NonFinite) -> list[str | int] | None:
     items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         path = _path_to(item, target)
+        if path is not None:
+            return [key, *path]
+    return None
+
+
+def _lone_surrogate(value: Any) -> list[str | int] | None:
+    """Where a string (or a key) holds half of a UTF-16 surrogate pair, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return []
+        return None
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _lone_surrogate(key) is not None:
+            return [key.encode(errors="replace").decode()]
+        path = _lone_surrogate(item)
         if path is not None:
             return [key, *path]
     return None
