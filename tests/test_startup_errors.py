@@ -1,9 +1,9 @@
 """`sparring serve` and `sparring gateway` refuse what they cannot use: one line on stderr, no traceback, exit 2.
 
 Issue 15 items 4 (a port in use or out of range), 5 (`--keep-ended -1`) and 10 (bounds below their
-minimum, seconds that are negative or not finite). The commands run in-process through `cli.main`
-with uvicorn's `Server.run` replaced, so one that starts serving instead of refusing fails at once;
-one case runs as a real process, for its exit status.
+minimum, seconds that are negative or not finite); and both bind loopback unless told otherwise.
+The commands run in-process through `cli.main` with uvicorn's `Server.run` replaced, so one that
+starts serving instead of refusing fails at once; one case runs as a real process, for its exit status.
 """
 
 from __future__ import annotations
@@ -80,3 +80,28 @@ def test_the_process_exits_2_without_a_traceback(busy_port: int) -> None:
     assert done.stderr.splitlines() == [
         f"sparring: error: cannot listen on 127.0.0.1:{busy_port}: Address already in use"
     ]
+
+
+@pytest.mark.parametrize("command", ["serve", "gateway"])
+def test_binds_loopback_by_default_and_warns_before_binding_wider_without_a_key(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bound: list[str] = []
+
+    def run(self: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        for sock in sockets:
+            bound.append(sock.getsockname()[0])
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.delenv("SPARRING_API_KEY", raising=False)
+    assert main([command, "--port", "0", *ENDPOINTS]) == 0
+    quiet = capsys.readouterr().err
+    assert main([command, "--host", "0.0.0.0", "--port", "0", *ENDPOINTS]) == 0
+    warned = capsys.readouterr().err
+    monkeypatch.setenv("SPARRING_API_KEY", "k")
+    assert main([command, "--host", "0.0.0.0", "--port", "0", *ENDPOINTS]) == 0
+    keyed = capsys.readouterr().err
+    assert bound == ["127.0.0.1", "0.0.0.0", "0.0.0.0"]
+    assert "warning" not in quiet and "warning" not in keyed
+    assert f"sparring {command}: warning: binding 0.0.0.0 without an API key" in warned
