@@ -74,6 +74,20 @@ async def test_half_a_surrogate_pair_is_a_422_naming_the_field_and_big_integers_
     assert big.status_code == 200 and big.json()["records"][0]["task_id"] == 2**100
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"task": {"metadata": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}}", "the body is nested too deeply"),
+        (b'{"task": {"id": ' + b"9" * 5000 + b"}}", "the body cannot be read as JSON: Exceeds the limit"),
+    ],
+)
+async def test_a_body_the_parser_gives_up_on_is_a_422_saying_why(body: bytes, message: str) -> None:
+    async with serving() as served, served.client() as client:
+        response = await client.post("/v1/rollouts", content=body, headers=JSON)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"].startswith(message)
+
+
 async def test_aggregate_metrics_of_huge_rewards_is_an_answer_or_a_422_never_a_500() -> None:
     def rewards(*values: Any) -> dict[str, Any]:
         return {"verify_responses": [{"_ng_task_index": 0, "reward": value} for value in values]}

@@ -129,7 +129,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class BodyError(ValueError):
-    """A body that is JSON but not one a route accepts (a non-finite number), with where it is."""
+    """A body no route accepts although it may parse (a non-finite number, half a surrogate pair), and where."""
 
     def __init__(self, loc: list[str | int], message: str, kind: str) -> None:
         super().__init__(f"{'.'.join(map(str, loc))}: {message}" if loc else message)
@@ -169,18 +169,22 @@ def load_json(body: bytes) -> Any:
 
     try:
         value = json.loads(body, parse_constant=constant, parse_float=number)
+        if found:
+            loc = _path_to(value, found[0]) or []
+            raise BodyError(loc, f"Input should be a finite number, got {found[0].text}", "finite_number")
+        if _SURROGATE_ESCAPE.search(body):  # pairs are fine (an emoji); a lone half cannot be written back out
+            loc = _lone_surrogate(value)
+            if loc is not None:
+                raise BodyError(loc, "Input should be valid Unicode, not half of a surrogate pair", "string_unicode")
+    except RecursionError:
+        raise BodyError([], "the body is nested too deeply", "json_invalid") from None
+    except BodyError:
+        raise
     except ValueError as exc:
         if isinstance(exc, json.JSONDecodeError):
             raise
         # not UTF-8, or an integer of more than 4300 digits
         raise BodyError([], f"the body cannot be read as JSON: {exc}", "json_invalid") from None
-    if found:
-        loc = _path_to(value, found[0]) or []
-        raise BodyError(loc, f"Input should be a finite number, got {found[0].text}", "finite_number")
-    if _SURROGATE_ESCAPE.search(body):  # pairs are fine (an emoji); a lone half cannot be written back out
-        loc = _lone_surrogate(value)
-        if loc is not None:
-            raise BodyError(loc, "Input should be valid Unicode, not half of a surrogate pair", "string_unicode")
     return value
 
 
