@@ -17,7 +17,7 @@ from sparring.server.background import BackgroundServer
 
 
 class RunningGateway:
-    """A gateway serving at `url`; `gateway` is the object behind it (read it only between requests)."""
+    """A gateway serving at `url`; `gateway` is the object behind it (touch it only between requests)."""
 
     def __init__(self, server: BackgroundServer, gateway: Gateway) -> None:
         self.server = server
