@@ -170,6 +170,30 @@ async def test_a_remote_verifier_contacts_an_allowed_server() -> None:
     assert tried.status_code == 422 and allowed.hits == ["/verify"]  # asked, and its refusal reported
 
 
+async def test_an_openenv_verifier_and_a_replayed_task_are_held_to_the_same_servers() -> None:
+    async with Target() as target, FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                session = (await http.post("/v1/sessions", json={"task": {"env_url": target.url}})).json()
+                finish = f"/v1/sessions/{session['session_id']}/finish"
+                kept = await http.post(finish, json={"verifier": "openenv", "env_state": {"url": target.url}})
+                replayed = await http.post(finish, json={"verifier": "remote"})
+    assert [kept.status_code, replayed.status_code] == [403, 403]
+    assert kept.json()["detail"].startswith("env_state.url: not a server this run may contact")
+    assert replayed.json()["detail"].startswith("task.env_url: not a server this run may contact")
+    assert target.hits == []
+
+
+async def test_a_replay_without_a_task_env_url_goes_to_the_configured_server() -> None:
+    async with Target() as configured, FakeModelServer({"policy": Say("ok")}) as fake:
+        with running_gateway([fake.base_url], env_url=configured.url) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as http:
+                task = {"messages": [{"role": "user", "content": "Count to 3."}]}
+                session = (await http.post("/v1/sessions", json={"task": task})).json()
+                tried = await http.post(f"/v1/sessions/{session['session_id']}/finish", json={"verifier": "remote"})
+    assert tried.status_code == 422 and configured.hits == ["/seed_session"]  # asked, and its refusal reported
+
+
 # -- item 6: a session belongs to whoever opened it --------------------------------------------------------
 
 

@@ -174,3 +174,15 @@ async def test_the_configured_env_url_and_the_allowed_ones_are_used() -> None:
         assert response.status_code == 200, response.text
         assert response.json()["records"][0]["stop_reason"] == "invalid_task"
     assert configured.hits == ["/seed_session"] and allowed.hits == ["/seed_session"]
+
+
+async def test_the_weight_routes_take_json_with_finite_numbers_only() -> None:
+    async with serving() as served, served.client() as client:
+        plain = await client.post("/v1/weights/pause", content=b"keep", headers={"content-type": "text/plain"})
+        infinite = await client.post(
+            "/v1/weights/pause", content=b'{"mode": "keep", "timeout_s": Infinity}', headers=JSON
+        )
+    assert plain.status_code == 415
+    assert infinite.status_code == 422
+    assert infinite.json()["detail"][0]["loc"] == ["body", "timeout_s"]
+    assert served.model_calls() == 0

@@ -4,7 +4,6 @@ No `from __future__ import annotations`: FastAPI must see the per-app environmen
 """
 
 import dataclasses
-import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -12,10 +11,10 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
 from sparring.envs.registry import environment_names, get_environment
-from sparring.graphs.episode import build_graph
 from sparring.server.errors import ERROR_RESPONSES
 from sparring.server.routes import Service
 from sparring.server.schemas import EnvsResponse, GraphResponse, HealthResponse, ReadinessResponse, RequestModels
+from sparring.server.service import RolloutService
 from sparring.web.body import JSONRoute, json_response
 from sparring.web.metrics import metrics_endpoint
 
@@ -25,6 +24,7 @@ _SECRET_SETTINGS = ("policy_api_key", "user_api_key")
 def router(models: RequestModels, default_env: str, registry: CollectorRegistry) -> APIRouter:
     """The informational routes of one app (its environments' enum, its default environment, its registry)."""
     routes = APIRouter(route_class=JSONRoute)
+    drawings: dict[str, dict[str, Any]] = {}
 
     @routes.get("/v1/envs", summary="Environments: tool schemas per actor and the settings they run with")
     async def envs(service: Service) -> EnvsResponse:
@@ -40,9 +40,12 @@ def router(models: RequestModels, default_env: str, registry: CollectorRegistry)
 
     @routes.get("/v1/graph", summary="The episode graph: Mermaid text, nodes and edges")
     async def graph(
+        service: Service,
         env: Annotated[models.env, Query(description="Environment whose graph to draw.")] = default_env,  # type: ignore[name-defined]
     ) -> GraphResponse:
-        return GraphResponse(**drawing(env))
+        if env not in drawings:
+            drawings[env] = drawing(service, env)
+        return GraphResponse(**drawings[env])
 
     @routes.get(
         "/readyz",
@@ -71,10 +74,9 @@ def router(models: RequestModels, default_env: str, registry: CollectorRegistry)
     return routes
 
 
-@functools.cache
-def drawing(env: str) -> dict[str, Any]:
-    """An environment's graph as Mermaid text, nodes and edges (drawn once per process)."""
-    drawable = build_graph(get_environment(env)).get_graph()
+def drawing(service: RolloutService, env: str) -> dict[str, Any]:
+    """An environment's graph (the one its episodes play on) as Mermaid text, nodes and edges."""
+    drawable = service.engine.graph(env).get_graph()
     return {
         "env": env,
         "mermaid": drawable.draw_mermaid(),
