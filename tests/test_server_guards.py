@@ -186,3 +186,13 @@ async def test_the_weight_routes_take_json_with_finite_numbers_only() -> None:
     assert infinite.status_code == 422
     assert infinite.json()["detail"][0]["loc"] == ["body", "timeout_s"]
     assert served.model_calls() == 0
+
+
+async def test_the_environment_listing_shows_no_server_key() -> None:
+    keys = ("--policy-api-key", "pk-secret", "--user-api-key", "uk-secret", "--judge-api-key", "jk-secret")
+    async with serving(cli=("--judge-base-url", "http://127.0.0.1:9/v1", *keys)) as served, served.client() as client:
+        listing = await client.get("/v1/envs")
+    assert listing.status_code == 200
+    assert "secret" not in listing.text
+    settings = listing.json()["envs"][0]["settings"]
+    assert [settings[f"{role}_api_key"] for role in ("policy", "user", "judge")] == ["***"] * 3

@@ -18,8 +18,6 @@ from sparring.server.service import RolloutService
 from sparring.web.body import JSONRoute, json_response
 from sparring.web.metrics import metrics_endpoint
 
-_SECRET_SETTINGS = ("policy_api_key", "user_api_key")
-
 
 def router(models: RequestModels, default_env: str, registry: CollectorRegistry) -> APIRouter:
     """The informational routes of one app (its environments' enum, its default environment, its registry)."""
@@ -33,8 +31,9 @@ def router(models: RequestModels, default_env: str, registry: CollectorRegistry)
             env = get_environment(name)
             tools = {actor: [spec.to_openai() for spec in env.tools(actor)] for actor in ("policy", "user")}
             config = dataclasses.asdict(service.base_config(name))
-            for secret in _SECRET_SETTINGS:
-                config[secret] = "***" if config.get(secret) else None
+            for name in config:  # every server's key (policy, user, judge): shown as set or not, never itself
+                if name.endswith("_api_key"):
+                    config[name] = "***" if config[name] else None
             listing.append({"name": name, "tools": tools, "settings": config})
         return EnvsResponse(envs=listing)
 

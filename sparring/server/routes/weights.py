@@ -28,6 +28,8 @@ from sparring.engine.weights import MAX_ADAPTER_PATH, VERSION_PATTERN
 from sparring.server.routes import Service
 from sparring.web.body import JSONRoute
 
+MIN_PAUSE_TIMEOUT_S = 1.0
+"""A wait pause gives the servers this long at least: below it a pause could only fail (502), never help."""
 MAX_PAUSE_TIMEOUT_S = 86_400.0
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}}
 _FAILED: dict[int | str, dict[str, Any]] = {
@@ -55,7 +57,7 @@ class PauseRequest(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_PAUSE_TIMEOUT_S,
         le=MAX_PAUSE_TIMEOUT_S,
         allow_inf_nan=False,
         description="Resume on its own after this many seconds without a resume (default: --pause-timeout).",
