@@ -31,9 +31,9 @@ def router(models: RequestModels, default_env: str, registry: CollectorRegistry)
             env = get_environment(name)
             tools = {actor: [spec.to_openai() for spec in env.tools(actor)] for actor in ("policy", "user")}
             config = dataclasses.asdict(service.base_config(name))
-            for name in config:  # every server's key (policy, user, judge): shown as set or not, never itself
-                if name.endswith("_api_key"):
-                    config[name] = "***" if config[name] else None
+            for setting in config:  # every server's key (policy, user, judge): shown as set or not, never itself
+                if setting.endswith("_api_key"):
+                    config[setting] = "***" if config[setting] else None
             listing.append({"name": name, "tools": tools, "settings": config})
         return EnvsResponse(envs=listing)
 
