@@ -17,7 +17,7 @@ from sparring.server.background import BackgroundServer
 
 
 class RunningGateway:
-    """A gateway serving at `url`; `gateway` is the object behind it (read it only between requests)."""
+    """A gateway serving at `url`; `gateway` is the object behind it (touch it only between requests)."""
 
     def __init__(self, server: BackgroundServer, gateway: Gateway) -> None:
         self.server = server
@@ -32,12 +32,16 @@ def running_gateway(
     api_key: str | None = None,
     output: Path | None = None,
     idle_timeout_s: float = 600.0,
+    options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[RunningGateway]:
-    """`with running_gateway([fake.base_url]) as gw:` serves a gateway in front of those replicas."""
+    """`with running_gateway([fake.base_url]) as gw:` serves a gateway in front of those replicas.
+
+    `options` go to `build_gateway` (keep_ended, ...), `settings` to the policy endpoint's EpisodeSettings.
+    """
     config = EpisodeSettings(policy_base_urls=base_urls, **{"request_timeout_s": 5.0, **settings})
     registry = CollectorRegistry()
-    gateway = build_gateway(config, idle_timeout_s=idle_timeout_s, output=output, registry=registry)
+    gateway = build_gateway(config, idle_timeout_s=idle_timeout_s, output=output, registry=registry, **(options or {}))
     app = create_app(gateway, api_key=api_key, registry=registry)
     with BackgroundServer(app) as server:
         yield RunningGateway(server, gateway)

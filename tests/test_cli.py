@@ -218,3 +218,14 @@ def test_run_refuses_a_task_with_malformed_tool_calls_naming_the_field(capsys: p
     task = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"bogus": 1}]}]}
     assert main(["run", "--task", json.dumps(task), *UNREACHABLE]) == 2
     assert "--task: field messages.1.tool_calls.0.id: Field required" in capsys.readouterr().err
+
+
+def test_the_parser_loads_no_web_stack() -> None:
+    """`sparring --help` (and every command's parser) reads its defaults from light modules: no FastAPI, no app."""
+    heavy = ("fastapi", "starlette", "uvicorn", "aiohttp", "sparring.server.app", "sparring.gateway.app")
+    probe = (
+        "import sys; from sparring.cli.main import make_parser; make_parser(); "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert loaded.stdout.strip() == ""

@@ -54,7 +54,7 @@ async def test_session_lifecycle_tool_call_round_trip_and_record() -> None:
         with running_gateway([fake.base_url], policy_model="policy") as gw:
             async with httpx.AsyncClient(base_url=gw.url) as http:
                 session = await new_session(http, task={"id": "t-1"}, metadata={"run": 7}, task_index=3)
-                sid = session["session_id"]
+                sid = session["session_id"]  # the session's secret handle: in every URL of the session
                 assert session["base_url"] == f"{gw.url}/sessions/{sid}/v1"
                 client = agent(session)
                 models = await client.models.list()
@@ -73,7 +73,7 @@ async def test_session_lifecycle_tool_call_round_trip_and_record() -> None:
                 again = await http.post(f"/v1/sessions/{sid}/finish", json={"reward": 1})
                 late = await http.post(f"/sessions/{sid}/v1/chat/completions", json={"messages": OPENING})
                 shown = (await http.get(f"/v1/sessions/{sid}")).json()
-            requests = policy_requests(fake, sid)
+            requests = policy_requests(fake, session["record_id"])  # the public id goes upstream, not the handle
     assert [m.id for m in models.data] == ["policy"]
     assert call.function.name == "make_move" and json.loads(call.function.arguments) == {"position": 4}
     assert second.choices[0].message.content == "I took the centre."
@@ -359,9 +359,12 @@ async def test_abort_idle_timeout_and_every_ended_session_in_the_jsonl_output(tm
                 aborted = await new_session(http)
                 await agent(aborted).chat.completions.create(model="m", messages=OPENING)
                 deleted = (await http.delete(f"/v1/sessions/{aborted['session_id']}")).json()
-                idle = await new_session(http, limits={"idle_timeout_s": 0.2})
+                idle = await new_session(http)
                 await agent(idle).chat.completions.create(model="m", messages=OPENING)
-                for _ in range(50):
+                # Short only now: a loaded machine may take longer than any short timeout to make the first call.
+                [opened] = [s for s in gw.gateway.sessions.values() if s.id == idle["record_id"]]
+                opened.idle_timeout_s = 0.2
+                for _ in range(300):  # until the reaper (awake at least once a second) has ended it
                     shown = (await http.get(f"/v1/sessions/{idle['session_id']}")).json()
                     if shown["status"] != "active":
                         break
@@ -376,9 +379,9 @@ async def test_abort_idle_timeout_and_every_ended_session_in_the_jsonl_output(tm
     assert shown["trajectory"]["calls"] and shown["reward"] is None
     assert gone.status_code == 409
     assert [(r["id"], r["stop_reason"]) for r in lines] == [
-        (aborted["session_id"], "cancelled"),
-        (idle["session_id"], "idle_timeout"),
-        (open_at_shutdown["session_id"], "shutdown"),
+        (aborted["record_id"], "cancelled"),
+        (idle["record_id"], "idle_timeout"),
+        (open_at_shutdown["record_id"], "shutdown"),
     ]
 
 
@@ -470,7 +473,7 @@ async def test_sessions_stick_to_the_least_loaded_replica_and_fail_over() -> Non
                 on_a = {request["headers"]["X-Session-ID"] for request in a.requests}
                 # replica a starts failing: its sessions move to b, after 3 failures in a row a is out
                 a.responders["policy"] = lambda request: Fail(503)
-                moved = next(s for s in sessions if s["session_id"] in on_a)
+                moved = next(s for s in sessions if s["record_id"] in on_a)
                 reply = await agent(moved).chat.completions.create(model="m", messages=OPENING)
                 stats = gw.gateway.upstream.replicas.stats()
     by_session = {}
@@ -479,11 +482,10 @@ async def test_sessions_stick_to_the_least_loaded_replica_and_fail_over() -> Non
             by_session.setdefault(request["headers"]["X-Session-ID"], []).append(replica)
     assert len(on_a) == 2  # least-loaded placement spreads new sessions evenly
     for session in sessions:
-        sid = session["session_id"]
-        first_three = by_session[sid][:3]
+        first_three = by_session[session["record_id"]][:3]
         assert len(set(first_three)) == 1  # sticky
     assert reply.choices[0].message.content == "from b"
-    assert by_session[moved["session_id"]][3:] == ["a", "a", "a", "b"]
+    assert by_session[moved["record_id"]][3:] == ["a", "a", "a", "b"]
     assert stats[a.base_url]["times_taken_out"] == 1 and not stats[a.base_url]["available"]
 
 
@@ -533,7 +535,7 @@ async def test_bad_requests_unknown_404_ended_409_malformed_422_and_auth() -> No
                 metrics = (await http.get("/metrics")).text
     assert ok.choices[0].message.content == "ok"
     assert [r.status_code for r in unknown] == [404] * 5
-    assert unknown[3].json()["error"]["message"] == "no session nope"
+    assert unknown[3].json()["error"]["message"] == "no such session"
     assert [r.status_code for r in malformed] == [422] * len(malformed)
     assert "messages[0].role" in malformed[3].json()["error"]["message"]
     assert "n: must be an integer" in malformed[4].json()["error"]["message"]

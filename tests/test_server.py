@@ -6,14 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from service_harness import Served, cli_args, serving
 
 from sparring.cli import make_parser
 from sparring.cli.options import settings_from_args
@@ -39,45 +38,6 @@ class HangOnMarker:
         if any(HANG in str(m.get("content")) for m in request.messages):
             return Hang(self.seconds)
         return self.player(request)
-
-
-@dataclass
-class Served:
-    """A running service and the scripted model server behind it."""
-
-    url: str
-    app: FastAPI
-    models: FakeModelServer
-
-    def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
-
-    def model_calls(self) -> int:
-        return len(self.models.requests)
-
-    async def until_idle(self) -> None:
-        """Wait (bounded) until the service runs no episode and holds no room."""
-        gate = self.app.state.service.gate
-        for _ in range(200):
-            if gate.running == 0 and gate.claimed == 0:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"still busy: {gate.running} running, {gate.claimed} claimed")
-
-
-def cli_args(base_url: str, *extra: str) -> Any:
-    """The namespace `sparring serve` would parse, so the service takes its endpoints exactly as the CLI does."""
-    return make_parser().parse_args(["serve", "--policy-base-url", base_url, "--user-base-url", base_url, *extra])
-
-
-@asynccontextmanager
-async def serving(responders: Mapping[str, Any] | None = None, **settings: Any) -> AsyncIterator[Served]:
-    responders = responders or {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
-    async with FakeModelServer(responders) as models:
-        args = cli_args(models.base_url, "--timeout", "60")
-        app = create_app(ServerSettings(**settings), lambda env: settings_from_args(args, env))
-        with BackgroundServer(app) as server:
-            yield Served(server.base_url, app, models)
 
 
 async def test_single_rollout_returns_one_checked_record_per_repeat() -> None:

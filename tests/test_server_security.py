@@ -1,4 +1,4 @@
-"""The shared HTTP guards (auth, body size, request metrics) on a small app served by real uvicorn."""
+"""The shared HTTP guards of `sparring.web` (auth, body size, request metrics) on a small app served by real uvicorn."""
 
 from __future__ import annotations
 
@@ -6,28 +6,23 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from sparring.server.background import BackgroundServer
-from sparring.server.security import (
-    BearerAuth,
-    BodySizeLimit,
-    HttpMetrics,
-    SecurityError,
-    metrics_endpoint,
-    resolve_api_key,
-)
+from sparring.web.auth import BearerAuth, SecurityError, resolve_api_key
+from sparring.web.body import BodySizeLimit
+from sparring.web.metrics import HttpMetrics, metrics_endpoint
 
 
 def make_app(api_key: str | None, max_bytes: int = 100) -> FastAPI:
     registry = CollectorRegistry()
     app = FastAPI()
     app.add_middleware(BodySizeLimit, max_bytes=max_bytes)
+    app.add_middleware(BearerAuth, api_key=api_key)
     app.add_middleware(HttpMetrics, registry=registry)
-    router = APIRouter()
 
-    @router.post("/items/{item_id}")
+    @app.post("/items/{item_id}")
     async def echo(item_id: int, request: Request) -> dict[str, int]:
         return {"item_id": item_id, "size": len(await request.body())}
 
@@ -35,8 +30,7 @@ def make_app(api_key: str | None, max_bytes: int = 100) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(router, dependencies=[Depends(BearerAuth(api_key))])
-    app.add_api_route("/metrics", metrics_endpoint(registry), dependencies=[Depends(BearerAuth(api_key))])
+    app.add_api_route("/metrics", metrics_endpoint(registry))
     return app
 
 

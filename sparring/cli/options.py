@@ -44,7 +44,8 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="URL",
         help="a server a task's own env_url may name besides --env-url (repeatable; default "
-        "$SPARRING_ALLOW_ENV_URLS, comma-separated); a task naming any other ends invalid_task, nothing sent",
+        "$SPARRING_ALLOW_ENV_URLS, comma-separated); a task naming any other ends invalid_task (serve and the "
+        "gateway: 403), nothing sent",
     )
     endpoints.add_argument(
         "--routing",

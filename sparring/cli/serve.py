@@ -2,23 +2,22 @@
 
 Model endpoints and default limits come from the same flags and variables as `sparring run`
 (`sparring.cli.options`). On SIGTERM or Ctrl-C the server stops accepting, gives running episodes
-`--shutdown-grace` seconds, then ends the rest as aborted records and sends them; a second signal
-exits at once.
+`--shutdown-grace` seconds, then ends the rest as aborted records and sends them, every stream to
+its summary line however long the client takes to read it; a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from types import FrameType
 from typing import Any
 
 from sparring.cli.options import add_episode_options, settings_from_args
+from sparring.core.errors import UsageError
 from sparring.envs.registry import environment_names
-from sparring.server.settings import API_KEY_VARIABLE, ServerSettings
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+from sparring.server.settings import ServerSettings
+from sparring.web import API_KEY_VARIABLE, OPERATOR_KEY_VARIABLE
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -30,10 +29,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         description=__doc__,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: a free one, printed at start)")
+    parser.add_argument("--port", type=int, default=8080, help="port, 0-65535 (0: a free one, printed at start)")
     parser.add_argument("--env", default=defaults.default_env, choices=environment_names(), help="default env")
     parser.add_argument(
         "--api-key-file", metavar="FILE", help=f"bearer token clients must send (default: ${API_KEY_VARIABLE})"
+    )
+    parser.add_argument(
+        "--operator-key-file",
+        metavar="FILE",
+        help=f"bearer token that also lists every gateway session (default: ${OPERATOR_KEY_VARIABLE})",
     )
     service = parser.add_argument_group("capacity and bounds")
     service.add_argument("--max-concurrent-episodes", type=int, default=defaults.max_concurrent_episodes)
@@ -81,61 +85,60 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / Ctrl-C."""
+    """Serve until SIGTERM / Ctrl-C; a flag or port that cannot be used is one line and exit 2."""
     import uvicorn  # the web stack loads only for `serve`, not for every CLI command
     from prometheus_client import CollectorRegistry
 
     from sparring.gateway.app import build_gateway
     from sparring.gateway.routes import gateway_router
     from sparring.server.app import create_app
-    from sparring.server.security import resolve_api_key
+    from sparring.web.auth import SecurityError, resolve_api_key, resolve_operator_key
+    from sparring.web.serving import SettingError, exposure_warning, listen, shown_address
 
-    settings = ServerSettings(
-        default_env=args.env,
-        max_concurrent_episodes=args.max_concurrent_episodes,
-        max_queued_episodes=args.max_queued_episodes,
-        batch_concurrency=args.batch_concurrency,
-        max_batch_size=args.max_batch_size,
-        max_repeats=args.max_repeats,
-        max_turns=args.max_turns_limit,
-        max_steps_per_turn=args.max_steps_limit,
-        max_tokens=args.max_tokens_limit,
-        max_body_bytes=args.max_body_bytes,
-        shutdown_grace_s=args.shutdown_grace,
-        api_key=resolve_api_key(args.api_key_file),
-        pause_timeout_s=args.pause_timeout,
-        adapter_dirs=tuple(args.adapter_dir),
-    )
+    try:
+        settings = ServerSettings(
+            default_env=args.env,
+            max_concurrent_episodes=args.max_concurrent_episodes,
+            max_queued_episodes=args.max_queued_episodes,
+            batch_concurrency=args.batch_concurrency,
+            max_batch_size=args.max_batch_size,
+            max_repeats=args.max_repeats,
+            max_turns=args.max_turns_limit,
+            max_steps_per_turn=args.max_steps_limit,
+            max_tokens=args.max_tokens_limit,
+            max_body_bytes=args.max_body_bytes,
+            shutdown_grace_s=args.shutdown_grace,
+            api_key=resolve_api_key(args.api_key_file),
+            operator_key=resolve_operator_key(args.operator_key_file),
+            pause_timeout_s=args.pause_timeout,
+            adapter_dirs=tuple(args.adapter_dir),
+        )
+        sock = listen(args.host, args.port)
+    except (SettingError, SecurityError) as exc:
+        raise UsageError(str(exc)) from None
     registry = CollectorRegistry()  # one /metrics for the rollout routes and the gateway's
-    gateway = build_gateway(settings_from_args(args, args.env, require=("policy",)), registry=registry)
+    gateway = build_gateway(
+        settings_from_args(args, args.env, require=("policy",)), registry=registry, operator_key=settings.operator_key
+    )
     app = create_app(
         settings, lambda env: settings_from_args(args, env), extra_routers=[gateway_router(gateway)], registry=registry
     )
-    if args.host not in LOOPBACK and settings.api_key is None:
-        print(
-            f"sparring serve: warning: binding {args.host} without an API key: anyone who can reach this port "
-            f"can run episodes on your model servers (set ${API_KEY_VARIABLE} or --api-key-file)",
-            file=sys.stderr,
-        )
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(2048)  # connections made as soon as the URL is printed wait in the backlog, not refused
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"sparring serve: listening on http://{shown}:{port} (env {args.env}; docs at /docs)", flush=True)
+    warning = exposure_warning("serve", args.host, settings.api_key, "run episodes on your model servers")
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"sparring serve: listening on {shown_address(sock)} (env {args.env}; docs at /docs)", flush=True)
     service = app.state.service
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15, access_log=False
-        )
-    )
+    # No timeout of uvicorn's own on shutdown: it would cancel a response still being written when it
+    # expires (a slow client, a loaded machine) and cut a batch stream before its summary line. The
+    # service's grace bounds the episodes; after it, the rest is writing what is owed.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None, access_log=False))
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
-        """The first signal also drains the service: batches stop after the grace period, then uvicorn exits."""
-        if not server.should_exit and service.loop is not None:
+        """The first signal drains the service (batches stop after the grace period); a second exits at once."""
+        if server.should_exit:
+            server.force_exit = True  # uvicorn forces only on a second SIGINT; any second signal does here
+        elif service.loop is not None:
             print("sparring serve: shutting down: finishing episodes in flight", file=sys.stderr, flush=True)
             service.loop.call_soon_threadsafe(service.begin_shutdown, settings.shutdown_grace_s)
         uvicorn_handle_exit(sig, frame)

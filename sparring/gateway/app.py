@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from sparring import __version__
 from sparring.core.settings import EpisodeSettings
 from sparring.gateway.routes import gateway_router
-from sparring.gateway.sessions import Gateway, GatewaySettings
+from sparring.gateway.sessions import Gateway
+from sparring.gateway.settings import GatewaySettings
 from sparring.gateway.upstream import Upstream
 from sparring.models.pool import endpoint_config
-from sparring.server.security import DEFAULT_MAX_BODY_BYTES, BearerAuth, BodySizeLimit, HttpMetrics, metrics_endpoint
-
-DEFAULT_IDLE_TIMEOUT_S = 600.0
+from sparring.web.auth import BearerAuth
+from sparring.web.body import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, validation_error
+from sparring.web.metrics import HttpMetrics, metrics_endpoint
 
 
 def build_gateway(
     config: EpisodeSettings,
     *,
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     output: str | Path | None = None,
-    keep_ended: int = 1000,
     registry: CollectorRegistry | None = None,
+    **settings: Any,
 ) -> Gateway:
-    """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset."""
+    """A gateway in front of `config`'s policy endpoint; its sampling settings fill what agents leave unset.
+
+    A verifier may contact `config.env_url` and `config.allow_env_urls`, nothing else; `settings` are
+    GatewaySettings' bounds (idle_timeout_s, keep_ended, max_sessions, ..., operator_key).
+    """
     sampling = {
         key: value
         for key, value in (
@@ -36,14 +42,15 @@ def build_gateway(
         )
         if value is not None
     }
-    settings = GatewaySettings(
+    gateway_settings = GatewaySettings(
         model=config.policy_model,
         sampling=sampling,
-        idle_timeout_s=idle_timeout_s,
-        keep_ended=keep_ended,
         output=Path(output) if output is not None else None,
+        env_url=config.env_url,
+        allow_env_urls=tuple(config.allow_env_urls),
+        **settings,
     )
-    return Gateway(Upstream(endpoint_config(config, "policy")), settings, registry)
+    return Gateway(Upstream(endpoint_config(config, "policy")), gateway_settings, registry)
 
 
 def create_app(
@@ -53,7 +60,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The gateway alone: its routes behind bearer auth and the body limit, `/healthz`, `/metrics`."""
+    """The gateway alone: its routes behind bearer auth and the body limit, `/healthz`, `/metrics`.
+
+    The gateway's operator key passes the auth as the API key does.
+    """
     registry = registry or CollectorRegistry()
     app = FastAPI(
         title="sparring agent gateway",
@@ -61,13 +71,15 @@ def create_app(
         description="An OpenAI-compatible endpoint per session that records the policy's exact tokens.",
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    # before the body is read; /healthz stays open
+    app.add_middleware(BearerAuth, api_key=api_key, operator_key=gateway.settings.operator_key)
     app.add_middleware(HttpMetrics, registry=registry)
-    auth = [Depends(BearerAuth(api_key))]
-    app.include_router(gateway_router(gateway), dependencies=auth)
-
-    @app.get("/healthz", summary="The process is up (no auth)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], dependencies=auth, summary="Prometheus")
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.include_router(gateway_router(gateway))
+    app.add_api_route("/healthz", _healthz, methods=["GET"], summary="The process is up (no auth)")
+    app.add_api_route("/metrics", metrics_endpoint(registry), methods=["GET"], summary="Prometheus")
     return app
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "ok"}

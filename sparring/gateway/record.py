@@ -11,10 +11,9 @@ each branch with its parent, segments, prefix mismatches and conversation. No si
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from sparring.gateway.sessions import Session
+from sparring.gateway.session import Session
 
 _ACTOR_OF_ROLE = {"assistant": "policy", "user": "user", "tool": "env", "system": "env", "developer": "env"}
 _FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")

@@ -201,20 +201,30 @@ def _call_tokens(trajectory: dict[str, Any]) -> list[dict[str, list[Any]]]:
     return out
 
 
+class MetricsError(ValueError):
+    """Verify responses whose metrics cannot be computed; `loc` and the message name the field."""
+
+    def __init__(self, loc: list[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
 def aggregate_metrics(verify_responses: list[dict[str, Any]]) -> dict[str, Any]:
     """NeMo Gym's aggregate metrics: `mean/…`, `max/…`, `min/…`, `median/…`, `std/…` of every numeric field.
 
     Numeric fields are the top-level numbers and booleans of each verify response plus its
     `response.usage` token counts; per task (grouped by `_ng_task_index`) and overall; key metrics are
-    the overall means.
+    the overall means. MetricsError for a task index that is not an integer, or a statistic too large
+    for a 64-bit float (the spread of values near 1e308).
     """
     if not verify_responses:
         return {"group_level_metrics": [], "agent_metrics": {}, "key_metrics": {}}
     by_task: dict[int, list[dict[str, float]]] = defaultdict(list)
     everything: list[dict[str, float]] = []
-    for entry in verify_responses:
+    for index, entry in enumerate(verify_responses):
         numbers = _numeric_fields(entry)
-        by_task[int(entry.get(TASK_INDEX_KEY) or 0)].append(numbers)
+        by_task[_task_index(entry, index)].append(numbers)
         everything.append(numbers)
     group_level = [_describe(rows) | {TASK_INDEX_KEY: task} for task, rows in sorted(by_task.items())]
     agent = _describe(everything)
@@ -223,6 +233,15 @@ def aggregate_metrics(verify_responses: list[dict[str, Any]]) -> dict[str, Any]:
         "agent_metrics": agent,
         "key_metrics": {k: v for k, v in agent.items() if k.startswith("mean/")},
     }
+
+
+def _task_index(entry: dict[str, Any], index: int) -> int:
+    value = entry.get(TASK_INDEX_KEY) or 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MetricsError([index, TASK_INDEX_KEY], f"must be an integer, got {value!r}")
+    return value
 
 
 def _numeric_fields(entry: dict[str, Any]) -> dict[str, float]:
@@ -244,9 +263,38 @@ def _describe(rows: list[dict[str, float]]) -> dict[str, float]:
             columns[key].append(value)
     stats: dict[str, float] = {}
     for key, values in columns.items():
-        stats[f"mean/{key}"] = statistics.fmean(values)
+        stats[f"mean/{key}"] = _mean(values)
         stats[f"max/{key}"] = max(values)
         stats[f"min/{key}"] = min(values)
-        stats[f"median/{key}"] = statistics.median(values)
-        stats[f"std/{key}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        stats[f"median/{key}"] = _median(values)
+        stats[f"std/{key}"] = _std(key, values)
     return stats
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, also of values whose sum overflows (it lies between their min and max, so it fits)."""
+    try:
+        return statistics.fmean(values)
+    except OverflowError:
+        scale = max(abs(v) for v in values)
+        return scale * statistics.fmean(v / scale for v in values)
+
+
+def _median(values: list[float]) -> float:
+    """The median; two middle values near the float limit are averaged without overflowing."""
+    middle = statistics.median(values)
+    if math.isfinite(middle):
+        return middle
+    ordered = sorted(values)
+    low, high = ordered[len(ordered) // 2 - 1], ordered[len(ordered) // 2]
+    return low / 2 + high / 2
+
+
+def _std(key: str, values: list[float]) -> float:
+    """The sample standard deviation; MetricsError when it is beyond the largest float."""
+    if len(values) < 2:
+        return 0.0
+    try:
+        return statistics.stdev(values)
+    except OverflowError:
+        raise MetricsError([], f"std/{key}: the spread of {key!r} is beyond the largest 64-bit float") from None

@@ -1,7 +1,9 @@
 """Request and response models of the rollout service, built with this server's bounds.
 
 The bounds (max repeats, batch size, turns, tokens) are part of the models, so the OpenAPI schema
-states them and a request over one gets FastAPI's 422 naming the field and the limit. Environment
+states them and a request over one gets FastAPI's 422 naming the field and the limit. A number JSON
+cannot carry (NaN, Infinity, 1e400) never reaches a model: `sparring.web.body.JSONRoute` refuses it
+with a 422 naming its field, wherever in the body it is. Environment
 names are an enum of the registry's names at start-up, so an unknown one is named in the 422 too.
 Records travel as plain JSON (orjson) and are described, not re-validated, on the way out.
 """
@@ -145,7 +147,7 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
     steps = Field(None, ge=1, le=settings.max_steps_per_turn)
     overrides = create_model(
         "Settings",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
         __doc__="Per-request settings within this server's bounds; unset ones keep the server's defaults.",
         max_turns=(int | None, Field(None, ge=1, le=settings.max_turns)),
         max_steps_per_turn=(int | None, steps),
@@ -241,7 +243,7 @@ class NemoGymInputMessage(BaseModel):
 class NemoGymCreateParams(BaseModel):
     """The fields of NeMo Gym's `responses_create_params` sparring reads; others are accepted and echoed back."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     input: str | list[NemoGymInputMessage]
     tools: list[dict[str, Any]] = Field(default_factory=list)
     temperature: float | None = Field(None, ge=0.0, le=2.0)

@@ -20,6 +20,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from sparring.core.ids import new_episode_id
+from sparring.core.outbound import task_env_url
 from sparring.core.record import aborted_record
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.batch import INTERRUPTED, BatchItem, BatchRunner
@@ -153,6 +154,14 @@ class RolloutService:
     def config(self, env: str, overrides: dict[str, Any]) -> EpisodeSettings:
         """The base settings with a request's overrides (already checked against the bounds)."""
         return self.engine.settings_for(env, overrides)
+
+    def check_env_url(self, env: str, task: dict[str, Any], where: str) -> None:
+        """`OutboundRefused` (403) for a task whose `env_url` is not `--env-url` or an `--allow-env-url`.
+
+        The seed node runs the same check (core/outbound.py); here it answers before anything is admitted.
+        """
+        config = self.base_config(env)
+        task_env_url(task.get("env_url"), config.env_url, config.allow_env_urls, f"{where}.env_url")
 
     def admit(
         self, tasks: list[tuple[str, dict[str, Any]]], repeats: int, overrides: dict[str, Any], concurrency: int

@@ -1,15 +1,31 @@
-"""The rollout service's own settings: capacity, the bounds requests must stay within, shutdown, auth.
+"""The rollout service's own settings: capacity, request bounds, shutdown, auth, weight sync.
 
-Model endpoints and default limits are not here: they come from `sparring.cli.options` exactly as for
-`sparring run`, so the service plays the same episodes as the CLI.
+Model endpoints, default limits and the environment servers a task may name (`--env-url`,
+`--allow-env-url`) are not here: they come from `sparring.cli.options` exactly as for `sparring run`,
+so the service plays the same episodes as the CLI. Every setting is checked when the settings are
+made, and a bad one is refused naming its flag. This module loads no web framework: the CLI's parser
+reads its defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-API_KEY_VARIABLE = "SPARRING_API_KEY"
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+from sparring.web import DEFAULT_MAX_BODY_BYTES
+from sparring.web.serving import at_least, seconds
+
+# The flag that sets each bound, named in the error a bad value gets.
+FLAGS = {
+    "max_concurrent_episodes": "--max-concurrent-episodes",
+    "max_queued_episodes": "--max-queued-episodes",
+    "batch_concurrency": "--batch-concurrency",
+    "max_batch_size": "--max-batch-size",
+    "max_repeats": "--max-repeats",
+    "max_turns": "--max-turns-limit",
+    "max_steps_per_turn": "--max-steps-limit",
+    "max_tokens": "--max-tokens-limit",
+    "max_body_bytes": "--max-body-bytes",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +49,8 @@ class ServerSettings:
     shutdown_grace_s: float = 30.0
     """On SIGTERM, in-flight episodes get this long to finish before they end as aborted."""
     api_key: str | None = None
+    operator_key: str | None = None
+    """Passes wherever the API key does; the gateway's routes also list every session to it."""
     readiness_timeout_s: float = 3.0
     max_sampling_variants: int = 16
     """Distinct sampling settings (each needs its own model clients) kept warm; idle ones beyond are closed."""
@@ -40,3 +58,12 @@ class ServerSettings:
     """A weight-sync pause with no resume for this long resumes on its own (a request may set its own)."""
     adapter_dirs: tuple[str, ...] = ()
     """Folders (on the vLLM machines) LoRA adapters may be loaded from; none: adapter updates are refused."""
+
+    def __post_init__(self) -> None:
+        minimums = dict.fromkeys(FLAGS, 1) | {"max_queued_episodes": 0}
+        for name, minimum in minimums.items():
+            at_least(FLAGS[name], getattr(self, name), minimum)
+        at_least("max_sampling_variants", self.max_sampling_variants, 1)
+        seconds("--shutdown-grace", self.shutdown_grace_s)
+        seconds("readiness_timeout_s", self.readiness_timeout_s, positive=True)
+        seconds("--pause-timeout", self.pause_timeout_s, positive=True)

@@ -26,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sparring.core.errors import UsageError, WeightSyncFailed, WeightUpdateRefused
 from sparring.engine.weights import MAX_ADAPTER_PATH, MIN_PAUSE_TIMEOUT_S, VERSION_PATTERN
 from sparring.server.routes import Service
+from sparring.web.body import JSONRoute
 
+MIN_PAUSE_TIMEOUT_S = 1.0
+"""A wait pause gives the servers this long at least: below it a pause could only fail (502), never help."""
 MAX_PAUSE_TIMEOUT_S = 86_400.0
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}}
 _FAILED: dict[int | str, dict[str, Any]] = {
@@ -40,6 +43,7 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong bearer token (when the server has an API key).", **_ERROR},
     413: {"description": "Request body over --max-body-bytes.", **_ERROR},
+    415: {"description": "The body is not JSON (its Content-Type).", **_ERROR},
 }
 
 
@@ -114,7 +118,7 @@ class WeightsResponse(BaseModel):
 
 def router() -> APIRouter:
     """The weight-sync routes."""
-    routes = APIRouter(tags=["weights"])
+    routes = APIRouter(tags=["weights"], route_class=JSONRoute)  # finite numbers only, 415 for non-JSON
 
     @routes.post(
         "/v1/weights/pause",
