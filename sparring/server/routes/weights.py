@@ -28,8 +28,6 @@ from sparring.engine.weights import MAX_ADAPTER_PATH, MIN_PAUSE_TIMEOUT_S, VERSI
 from sparring.server.routes import Service
 from sparring.web.body import JSONRoute
 
-MIN_PAUSE_TIMEOUT_S = 1.0
-"""A wait pause gives the servers this long at least: below it a pause could only fail (502), never help."""
 MAX_PAUSE_TIMEOUT_S = 86_400.0
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}}
 _FAILED: dict[int | str, dict[str, Any]] = {
