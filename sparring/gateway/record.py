@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sparring.core.ledger import Segment
     from sparring.gateway.sessions import Session
 
 _ACTOR_OF_ROLE = {"assistant": "policy", "user": "user", "tool": "env", "system": "env", "developer": "env"}
@@ -40,7 +41,7 @@ def session_record(
     error: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The record of an ended session."""
-    segments: list[dict[str, Any]] = []
+    segments: list[Segment] = []
     calls: list[dict[str, Any]] = []
     branches: list[dict[str, Any]] = []
     mismatches = 0

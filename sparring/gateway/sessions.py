@@ -38,9 +38,11 @@ class SessionLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_calls: int | None = Field(None, ge=1, description="Model calls the session may make; more get 409.")
-    max_tokens_per_call: int | None = Field(None, ge=1, description="Cap on each call's max_tokens.")
-    idle_timeout_s: float | None = Field(None, gt=0, description="Seconds without calls before the session aborts.")
+    max_calls: int | None = Field(default=None, ge=1, description="Model calls the session may make; more get 409.")
+    max_tokens_per_call: int | None = Field(default=None, ge=1, description="Cap on each call's max_tokens.")
+    idle_timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds without calls before the session aborts."
+    )
 
 
 class CreateSession(BaseModel):
@@ -51,8 +53,9 @@ class CreateSession(BaseModel):
     task: dict[str, Any] = Field(default_factory=dict, description="The task row (its `id`, `env_seed`, ...).")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Kept in the record as is.")
     limits: SessionLimits = Field(default_factory=SessionLimits)
-    task_index: int | None = Field(None, ge=0)
-    repeat_index: int = Field(0, ge=0)
+    # `default=` by name: pyright reads a field's default only from that keyword (dataclass_transform).
+    task_index: int | None = Field(default=None, ge=0)
+    repeat_index: int = Field(default=0, ge=0)
 
 
 class FinishSession(BaseModel):
