@@ -14,16 +14,14 @@ A person plays the simulated user by pausing before `user` (interrupt_before), s
 
 from __future__ import annotations
 
-from dataclasses import Field, field, fields, make_dataclass
+from dataclasses import field, fields, make_dataclass
 from typing import Any, get_type_hints
-
-from langgraph.graph.state import CompiledStateGraph
 
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.engine import Engine
 from sparring.engine.settings import resolve_settings
 from sparring.envs.registry import environment_names
-from sparring.graphs.episode import build_graph
+from sparring.graphs.episode import EpisodeGraph, build_graph
 
 
 def graph_variable(env_name: str) -> str:
@@ -40,7 +38,7 @@ def settings_schema(env_name: str) -> type[EpisodeSettings]:
     """EpisodeSettings with `studio_settings` as its defaults, so Studio's form opens on them."""
     defaults = studio_settings(env_name)
     hints = get_type_hints(EpisodeSettings)
-    specs: list[tuple[str, Any, Field[Any]]] = []
+    specs: list[tuple[str, Any, Any]] = []  # make_dataclass's own type; typeshed types field() as its default
     for setting in fields(EpisodeSettings):
         value = getattr(defaults, setting.name)
         # Lists become tuples: a plain default (unlike a default_factory) shows in the JSON schema Studio reads.
@@ -61,7 +59,7 @@ ENGINE = Engine(studio_settings)
 """The environments and model clients every Studio graph shares."""
 
 
-def studio_graph(env_name: str) -> CompiledStateGraph:
+def studio_graph(env_name: str) -> EpisodeGraph:
     """The episode graph for one environment, with its settings form."""
     deps = ENGINE.deps(env_name)
     return build_graph(deps.env, deps, context_schema=settings_schema(env_name))

@@ -199,6 +199,7 @@ class _BarProgress(_QuietProgress):
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            TaskID,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
@@ -215,7 +216,7 @@ class _BarProgress(_QuietProgress):
             TextColumn("{task.fields[stats]}"),
             console=console,
         )
-        self.task_id = 0
+        self.task_id = TaskID(0)
 
     def __enter__(self) -> _BarProgress:
         self.bar.__enter__()

@@ -410,7 +410,10 @@ def decide(episode: Episode, reasons: Sequence[Reason]) -> Label:
     if episode.succeeded:
         return "none"
     blamed = {reason["actor"] for reason in reasons if reason["severity"] == "fault"}
-    return next((actor for actor in _BLAME_ORDER if actor in blamed), "agent")
+    for actor in _BLAME_ORDER:
+        if actor in blamed:
+            return actor
+    return "agent"
 
 
 def reason(check: str, actor: Actor, detail: str, where: Where | None = None, severity: Severity = "fault") -> Reason:
@@ -627,7 +630,7 @@ def check_false_success_claim(episode: Episode) -> Iterator[Reason]:
     if policy_index is not None and POLICY_REFUSES.search(policy_text):
         return
     policy_claim = affirmed(POLICY_CLAIMS_DONE, policy_text) if policy_index is not None else None
-    if policy_claim is not None:
+    if policy_index is not None and policy_claim is not None:
         yield reason(
             "false_success_claim",
             "agent",
@@ -651,7 +654,8 @@ def check_tool_failures(episode: Episode) -> Iterator[Reason]:
     Refused calls (invalid arguments, illegal moves, unknown orders) are the caller's doing: one note
     per caller (the policy's in `messages`, the user's in `user_messages`), counted.
     """
-    for view, caller in (("messages", "agent"), ("user_messages", "user")):
+    callers: tuple[tuple[View, Actor], ...] = (("messages", "agent"), ("user_messages", "user"))
+    for view, caller in callers:
         history = episode.messages if view == "messages" else episode.user_messages
         succeeded_later: set[str] = set()
         internal: list[tuple[int, str, bool]] = []

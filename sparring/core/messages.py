@@ -37,7 +37,7 @@ def to_wire(message: BaseMessage) -> dict[str, Any]:
         if calls:
             wire["tool_calls"] = calls
             wire["content"] = message.content or None
-    elif role == "tool":
+    elif isinstance(message, ToolMessage):  # the one message class of type "tool"
         wire["tool_call_id"] = message.tool_call_id
         if message.name:
             wire["name"] = message.name

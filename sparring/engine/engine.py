@@ -24,17 +24,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from langgraph.graph.state import CompiledStateGraph
-
 from sparring.core.errors import UsageError
 from sparring.core.ids import new_episode_id
 from sparring.core.record import aborted_record, build_record
 from sparring.core.settings import EpisodeSettings
+from sparring.core.state import EpisodeInput
 from sparring.engine.settings import with_overrides
 from sparring.engine.weights import WeightOptions, WeightSync
 from sparring.envs.base import Environment
 from sparring.envs.registry import get_environment
-from sparring.graphs.episode import build_graph
+from sparring.graphs.episode import EpisodeGraph, build_graph
 from sparring.models.latency import LatencyHistogram
 from sparring.models.pool import ClientPool, ReplicaStats
 from sparring.models.replicas import ServerLoad
@@ -74,7 +73,7 @@ class Engine:
         self._settings_source = settings if settings is not None else EpisodeSettings()
         self._settings: dict[str, EpisodeSettings] = {}
         self._environments = dict(environments or {})
-        self._graphs: dict[str, tuple[CompiledStateGraph, EpisodeDeps]] = {}
+        self._graphs: dict[str, tuple[EpisodeGraph, EpisodeDeps]] = {}
         self.clients = clients if clients is not None else ClientPool(max_clients)
         self.weights = WeightSync(self.clients, lambda: self.settings_for(self.default_env), weight_options)
         """Weight sync on the policy servers of the default environment (engine/weights.py)."""
@@ -91,7 +90,7 @@ class Engine:
         """The environment object `env` plays with (shared by its episodes)."""
         return self.deps(env).env
 
-    def graph(self, env: str) -> CompiledStateGraph:
+    def graph(self, env: str) -> EpisodeGraph:
         """The compiled episode graph of `env`, built on first use."""
         return self._built(env)[0]
 
@@ -99,7 +98,7 @@ class Engine:
         """What `env`'s nodes share: the environment, its tool sets, the model clients."""
         return self._built(env)[1]
 
-    def _built(self, env: str) -> tuple[CompiledStateGraph, EpisodeDeps]:
+    def _built(self, env: str) -> tuple[EpisodeGraph, EpisodeDeps]:
         built = self._graphs.get(env)
         if built is None:
             environment = self._environments.get(env) or get_environment(env)
@@ -124,7 +123,8 @@ class Engine:
         environment). `on_update(node, update)` sees each node's update as it happens (a live transcript).
         Cancelling the call cancels the episode (no record); the batch runner turns that into one.
         """
-        env = env or task.get("env") or self.default_env
+        task_env: str | None = task.get("env")
+        env = env or task_env or self.default_env
         episode_id = episode_id or new_episode_id(task_index, repeat_index)
         started = time.time()
 
@@ -145,7 +145,7 @@ class Engine:
             graph = self.graph(env)
         except UsageError as exc:  # an unknown environment, settings outside their rules: this task fails
             return aborted("invalid_task", exc)
-        graph_input = {"task": task, "episode_id": episode_id}
+        graph_input: EpisodeInput = {"task": task, "episode_id": episode_id}
         try:
             if on_update is None:
                 state = await graph.ainvoke(graph_input, context=episode_settings)
@@ -199,13 +199,17 @@ class Engine:
 
 
 async def _stream(
-    graph: CompiledStateGraph,
-    graph_input: dict[str, Any],
+    graph: EpisodeGraph,
+    graph_input: EpisodeInput,
     settings: EpisodeSettings,
     on_update: OnUpdate,
 ) -> dict[str, Any]:
     """Run while reporting every node's update; returns the final state."""
     state: dict[str, Any] = {}
+    # langgraph annotates astream's items as `dict[str, Any] | Any`; with a list of modes each is a
+    # (mode, chunk) tuple, its chunk a state ("values") or {node: update} ("updates").
+    mode: str
+    chunk: Any
     async for mode, chunk in graph.astream(graph_input, context=settings, stream_mode=["updates", "values"]):
         if mode == "values":
             state = chunk

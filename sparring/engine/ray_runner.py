@@ -277,7 +277,9 @@ class RayRunner:
     async def _start_worker(self, slot: int) -> Any:
         import ray
 
-        actor = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=1000)(EpisodeWorker).remote(self.concurrency)
+        # ray: remote()'s keyword overload omits the actor option max_concurrency (ray accepts it at runtime).
+        remote = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=1000)  # pyright: ignore[reportCallIssue]
+        actor = remote(EpisodeWorker).remote(self.concurrency)
         try:
             self.worker_pids[slot] = await asyncio.wait_for(actor.pid.remote(), WORKER_START_TIMEOUT_S)
         except TimeoutError:

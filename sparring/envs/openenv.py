@@ -212,6 +212,7 @@ class OpenEnv(Environment):
     async def _open(self, url: str, episode_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """Connect and reset, backing off while the server answers CAPACITY_REACHED."""
         ws_url = "ws" + url.removeprefix("http") + "/ws"  # http -> ws, https -> wss
+        refusal: ErrorFrame | None = None
         for attempt in range(self.capacity_attempts):
             if attempt:
                 await self._back_off(attempt)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from openenv.core.env_server.mcp_types import CallToolAction, Tool
+from openenv.core.env_server.mcp_types import CallToolAction, CallToolObservation, Tool
 from openenv.core.harness import ResourceSession, ResourceSessionFactory, ToolResult, VerifyResult
 
 from sparring.core.settings import EpisodeSettings
@@ -49,6 +49,7 @@ class SparringSession(ResourceSession):
 
     def call_tool(self, name: str, arguments: dict[str, Any]) -> ToolResult:
         observation = self._env.step(CallToolAction(tool_name=name, arguments=arguments))
+        assert isinstance(observation, CallToolObservation)  # what step answers a call_tool action with
         error = observation.error.message if observation.error is not None else None
         data = observation.result if error is None else error
         return ToolResult(data=data, done=observation.done, error=error)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, TypeAlias, get_args, get_type_hints
 
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -67,6 +67,9 @@ class Route(Runnable[EpisodeState, str]):
 
 
 HAND_OVER = "hand over"
+EpisodeGraph: TypeAlias = CompiledStateGraph[EpisodeState, EpisodeSettings, EpisodeInput, EpisodeState]
+"""The compiled episode graph: its state, its runtime context (the settings), its input, its output."""
+
 NODE_OF_LABEL = {HAND_OVER: "policy"}
 """Route results that name a step rather than a node: the edge is drawn with the label, to the node."""
 
@@ -80,7 +83,7 @@ def build_graph(
     *,
     checkpointer: Checkpointer = None,
     context_schema: type[EpisodeSettings] = EpisodeSettings,
-) -> CompiledStateGraph:
+) -> EpisodeGraph:
     """The compiled episode graph for one environment; settings come per run as the runtime context.
 
     No checkpointer by default (a rollout needs none; Studio brings its own); pass one to keep every step.
@@ -103,7 +106,7 @@ def build_graph(
         ("user", route_after_user),
         ("user_tools", route_after_user_tools),
     ):
-        labels = get_args(get_type_hints(route)["return"])
+        labels: tuple[str, ...] = get_args(get_type_hints(route)["return"])
         graph.add_conditional_edges(source, Route(route), {label: NODE_OF_LABEL.get(label, label) for label in labels})
     graph.add_edge("verify", END)
     compiled = graph.compile(checkpointer=checkpointer, name=f"sparring-{env.name}")

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI lists FORMATS in its help without loading LangGraph
     from langchain_core.runnables.graph import Graph
-    from langgraph.graph.state import CompiledStateGraph
+
+    from sparring.graphs.episode import EpisodeGraph
 
 FORMATS = {".svg": "svg", ".png": "png", ".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid"}
 
@@ -67,7 +68,7 @@ def to_dot(drawable: Graph, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(graph: CompiledStateGraph, path: str | Path) -> None:
+def render(graph: EpisodeGraph, path: str | Path) -> None:
     """Write the graph's picture to `path`; the extension picks Mermaid, DOT, SVG or PNG."""
     kind = picture_format(path)
     drawable = graph.get_graph()

@@ -578,9 +578,10 @@ def player(
         nonlocal slots
         if slots is None:  # made on the loop that plays
             slots = asyncio.Semaphore(concurrency)
+        gate = slots  # bound here: `one` would see the nonlocal as possibly None
 
         async def one(repeat: int) -> dict[str, Any]:
-            async with slots:
+            async with gate:
                 return await engine.play(task, env=env, settings=overrides, task_index=group, repeat_index=repeat)
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))

@@ -195,9 +195,10 @@ def convert_gguf(gguf: Path, out: Path, progress: Progress = _silent) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
         # A GGUF-loaded model counts as quantized; save_pretrained refuses it until this is dropped.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        # torch annotates Module.__setattr__'s value as Tensor | Module, but it stores any value.
+        model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
+        if hasattr(model.config, "quantization_config"):  # set only on configs loaded quantized
+            delattr(model.config, "quantization_config")
         # Stop at <|endoftext|> as well as <|im_end|>, as the upstream Qwen2.5 release does.
         stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")}
         model.generation_config.eos_token_id = sorted(stops, reverse=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -60,7 +60,7 @@ class ReplicaSet:
 
     def __init__(
         self,
-        urls: tuple[str, ...] | list[str],
+        urls: Sequence[str],
         *,
         failure_threshold: int = 3,
         cooldown_s: float = 30.0,

@@ -52,13 +52,21 @@ _GAUGES = {
 class EndpointLike(Protocol):
     """What `Transport.for_endpoint` reads of an endpoint (models/client.py's EndpointConfig)."""
 
-    base_urls: tuple[str, ...]
-    api_key: str | None
-    timeout_s: float
-    max_retries: int
-    retry_backoff_s: float
-    max_connections: int
-    routing: Routing
+    # Read-only properties: a frozen dataclass's fields satisfy them, writable attributes would not.
+    @property
+    def base_urls(self) -> tuple[str, ...]: ...
+    @property
+    def api_key(self) -> str | None: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def retry_backoff_s(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def routing(self) -> Routing: ...
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ edges "hand over". A step of its own would show the same thing but cost a LangGr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
@@ -18,7 +19,9 @@ from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.outcome import ended
 
 
-def hand_over(state: EpisodeState, deps: EpisodeDeps, env_state: Any, delivered: list[BaseMessage]) -> dict[str, Any]:
+def hand_over(
+    state: EpisodeState, deps: EpisodeDeps, env_state: Any, delivered: Sequence[BaseMessage]
+) -> dict[str, Any]:
     """Hand the turn back to the policy with what the user said, then the environment's note and observation.
 
     At max_turns the episode ends instead. The environment first settles what the user left undone

@@ -21,8 +21,8 @@ class HumanTurnError(ValueError):
     """A `human_turn` that cannot be played; the run stops before the user step so it can be corrected."""
 
 
-def human_reply(turn: Any, call_id_prefix: str) -> AIMessage:
-    """The person's step as the user's assistant message, with tool-call ids unique in the episode."""
+def human_reply(turn: Any, call_id_prefix: str) -> tuple[AIMessage, str]:
+    """The person's step as the user's assistant message, with tool-call ids unique in the episode, and its text."""
     if isinstance(turn, str):
         text, calls = turn, []
     elif isinstance(turn, dict) and turn and set(turn) <= {"content", "tool_calls"}:
@@ -49,4 +49,4 @@ def human_reply(turn: Any, call_id_prefix: str) -> AIMessage:
         )
     reply = assistant_message(text, tool_calls, {"finish_reason": "human"})
     reply.additional_kwargs["human"] = True
-    return reply
+    return reply, text

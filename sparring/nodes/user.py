@@ -26,10 +26,11 @@ async def user(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: 
     limits = state["limits"]
     step = state["user_steps"] + 1
     shown = [] if state["user_steps"] else shown_of_policy_turn(state, deps)
-    if state.get("human_turn") is not None:  # a person plays this step (Studio, nodes/human.py)
-        reply = human_reply(state["human_turn"], f"human_{len(state['user_messages'])}")
+    human_turn = state.get("human_turn")
+    if human_turn is not None:  # a person plays this step (Studio, nodes/human.py)
+        reply, text = human_reply(human_turn, f"human_{len(state['user_messages'])}")
         update = {"human_turn": None, "user_steps": step, "user_messages": [*shown, reply], "turn_holder": "user"}
-        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, reply.content, deps)}
+        return update if raw_tool_calls(reply) else {**update, **deliver_text(state, text, deps)}
     if step >= limits["max_user_steps_per_turn"] or (step > 1 and state["turn_over"]):
         tool_choice = "none"  # the user's turn ends in words: its steps ran out, or it has moved
     else:

@@ -11,12 +11,14 @@ Records travel as plain JSON (orjson) and are described, not re-validated, on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 from sparring.core.task import Task, TaskLimits
 from sparring.server.settings import ServerSettings
+
+ToolChoice: TypeAlias = Literal["auto", "required", "none"]
 
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "center-opening",
@@ -143,7 +145,10 @@ class RequestModels:
 def build_request_models(settings: ServerSettings, env_names: list[str]) -> RequestModels:
     """Models whose field constraints are this server's limits, so the schema states all a request must meet."""
     env_type: Any = Literal[tuple(sorted(env_names))]  # type: ignore[valid-type]
-    tool_choice = Literal["auto", "required", "none"]
+    # Types made at run time (this Literal, the models made below) have no static type form, so they are
+    # `Any` like env_type: pyright sees `model | None` as a UnionType value, which create_model's TypeForm
+    # field definitions refuse, and a variable inside `list[...]` as an invalid type expression.
+    optional_env: Any = env_type | None
     steps = Field(None, ge=1, le=settings.max_steps_per_turn)
     overrides = create_model(
         "Settings",
@@ -153,8 +158,8 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         max_steps_per_turn=(int | None, steps),
         max_user_steps_per_turn=(int | None, steps),
         user_stop_tokens=(list[str] | None, Field(None, max_length=8)),
-        policy_tool_choice=(tool_choice | None, None),
-        user_tool_choice=(tool_choice | None, None),
+        policy_tool_choice=(ToolChoice | None, None),
+        user_tool_choice=(ToolChoice | None, None),
         policy_temperature=(float | None, Field(None, ge=0.0, le=2.0)),
         policy_top_p=(float | None, Field(None, gt=0.0, le=1.0)),
         policy_max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
@@ -169,12 +174,13 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         max_steps_per_turn=(int | None, steps),
         max_user_steps_per_turn=(int | None, steps),
     )
+    optional_limits: Any = limits | None
     task = create_model(
         "Task",
         __base__=Task,
         __doc__="sparring's task row; every field optional (a task without messages gets the env's opening).",
-        env=(env_type | None, None),
-        limits=(limits | None, None),
+        env=(optional_env, None),
+        limits=(optional_limits, None),
     )
     create_params = create_model(
         "ResponsesCreateParams",
@@ -184,18 +190,20 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
     row = create_model(
         "NeMoGymRow",
         __base__=NemoGymRow,
-        env=(env_type | None, Field(None, description=f"sparring's environment (default {settings.default_env!r}).")),
+        env=(optional_env, Field(None, description=f"sparring's environment (default {settings.default_env!r}).")),
         responses_create_params=(create_params, ...),
     )
-    any_task = Annotated[
+    any_task: Any = Annotated[
         Annotated[task, Tag("sparring")] | Annotated[row, Tag("nemo_gym")],
         Discriminator(_task_shape),
     ]
+    task_list: Any = list[any_task]
     env_field = (
-        env_type | None,
+        optional_env,
         Field(None, description=f"Environment name; default {settings.default_env!r} (or the task's own `env`)."),
     )
-    settings_field = (overrides | None, Field(None, description="Overrides of limits and sampling."))
+    optional_overrides: Any = overrides | None
+    settings_field = (optional_overrides, Field(None, description="Overrides of limits and sampling."))
     rollout = create_model(
         "RolloutRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"task": TASK_EXAMPLE, "repeats": 2}]}),
@@ -213,7 +221,7 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         ),
         __doc__="Many tasks, each played `repeats` times; records stream back as NDJSON as episodes finish.",
         env=env_field,
-        tasks=(list[any_task], Field(min_length=1, max_length=settings.max_batch_size)),
+        tasks=(task_list, Field(min_length=1, max_length=settings.max_batch_size)),
         repeats=(int, Field(1, ge=1, le=settings.max_repeats)),
         concurrency=(
             int | None,

@@ -8,7 +8,7 @@ importing the responders costs no aiohttp and `python -m sparring.testing.comman
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparring.testing.responders import (
     Call,
@@ -26,11 +26,17 @@ from sparring.testing.responders import (
 )
 from sparring.testing.tokenizer import FakeTokenizer
 
+if TYPE_CHECKING:  # what __getattr__ loads on first use, named for the type checker
+    from sparring.testing.engine import TokenGate
+    from sparring.testing.errors import context_length_error
+    from sparring.testing.process import FakeModelProcess
+    from sparring.testing.server import FakeModelServer
+
 _LAZY = {
     "FakeModelServer": "sparring.testing.server",
     "FakeModelProcess": "sparring.testing.process",
     "TokenGate": "sparring.testing.engine",
-    "context_length_error": "sparring.testing.wire",
+    "context_length_error": "sparring.testing.errors",
 }
 
 __all__ = [

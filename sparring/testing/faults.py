@@ -148,7 +148,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sparring.testing.faults`: the scripted server with faults, until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m sparring.testing.faults", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sparring.testing.faults", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--preset", choices=sorted(PLAYERS), default="tictactoe")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

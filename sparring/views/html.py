@@ -98,7 +98,7 @@ def render_message(message: dict[str, Any], number: int, actor: str, view: str =
     """One message: who produced it, its text, its tool calls, or the tool result it is.
 
     Its id is `{view}-{number}` (`messages-3`, `user_messages-2`), where an attribution reason points."""
-    role = message.get("role", "?")
+    role: str = message.get("role", "?")
     label = _ROLE_LABEL.get(role, role)
     classes = f"message actor-{escape(actor)} role-{escape(role)}"
     if role == "tool":

@@ -122,7 +122,7 @@ def transcript_lines(record: dict[str, Any], view: str = "policy") -> list[str]:
 class Decoder(Protocol):
     """Anything with a Hugging Face tokenizer's `decode` (e.g. the scripted server's `FakeTokenizer`)."""
 
-    def decode(self, ids: Any, **kwargs: Any) -> str: ...
+    def decode(self, ids: list[int], /) -> str: ...
 
 
 def token_decoder(source: str | Decoder | None) -> Callable[[int], str] | None:

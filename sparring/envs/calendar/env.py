@@ -351,7 +351,8 @@ def _checked_expectation(expected: Any, where: str) -> dict[str, dict[str, Any]]
         if isinstance(event["duration"], bool) or not isinstance(event["duration"], int) or event["duration"] < 1:
             raise SeedError(f"{at}.duration: must be a positive number of minutes, got {event['duration']!r}")
         try:
-            minutes(event["min_time"]), minutes(event["max_time"])
+            minutes(event["min_time"])
+            minutes(event["max_time"])
             _check_constraint(event.get("constraint"))
         except TimeFormatError as exc:
             raise SeedError(f"{at}: {exc}") from None
@@ -368,7 +369,8 @@ def _check_constraint(constraint: Any) -> None:
         low, separator, high = rest.partition(" and ")
         if not separator:
             raise TimeFormatError(f"constraint {constraint!r}: expected 'between X and Y'")
-        minutes(low), minutes(high)
+        minutes(low)
+        minutes(high)
     elif kind in ("before", "after", "at"):
         minutes(rest)
     else:

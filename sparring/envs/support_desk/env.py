@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
-from importlib import resources
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from sparring.core.errors import SeedError
 from sparring.envs.base import Actor, Environment, Verdict
 from sparring.envs.support_desk.world import (
     AUTH_TOOLS,
+    DATA,
     TOOL_SPECS,
     TOOLS,
     WRITE_TOOLS,
@@ -68,7 +68,7 @@ class DeskTask(BaseModel):
 
 @cache
 def _shipped() -> tuple[DeskTask, ...]:
-    raw = resources.files(__package__).joinpath("tasks.json").read_bytes()
+    raw = DATA.joinpath("tasks.json").read_bytes()
     return tuple(DeskTask.model_validate(row) for row in orjson.loads(raw))
 
 
@@ -102,7 +102,7 @@ def resolve_task(task: Mapping[str, Any]) -> DeskTask:
     raise SeedError(f"env_seed.task_id: no shipped task {wanted!r}; known: {_shipped()[0].id} .. {_shipped()[-1].id}")
 
 
-POLICY_DOCUMENT = resources.files(__package__).joinpath("policy.md").read_text()
+POLICY_DOCUMENT = DATA.joinpath("policy.md").read_text()
 POLICY_PROMPT = (
     POLICY_DOCUMENT + "\nThe customer writes first. Use the tools to look things up and make changes; "
     "answer the customer in short plain sentences."

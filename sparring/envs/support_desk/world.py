@@ -29,9 +29,13 @@ class DeskError(ValueError):
     """A call the desk refuses: wrong status, unknown id, an item that is not in the order, ..."""
 
 
+DATA = resources.files("sparring.envs.support_desk")
+"""The package's data files (world.json, tasks.json, policy.md); named, since `__package__` may be None."""
+
+
 @cache
 def _world_bytes() -> bytes:
-    return resources.files(__package__).joinpath("world.json").read_bytes()
+    return DATA.joinpath("world.json").read_bytes()
 
 
 def load_world() -> Db:
