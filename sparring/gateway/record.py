@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sparring.core.ledger import Segment
 from sparring.gateway.session import Session
 
 _ACTOR_OF_ROLE = {"assistant": "policy", "user": "user", "tool": "env", "system": "env", "developer": "env"}
@@ -39,7 +40,7 @@ def session_record(
     error: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The record of an ended session."""
-    segments: list[dict[str, Any]] = []
+    segments: list[Segment] = []
     calls: list[dict[str, Any]] = []
     branches: list[dict[str, Any]] = []
     mismatches = 0

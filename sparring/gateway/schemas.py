@@ -12,9 +12,11 @@ class SessionLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_calls: int | None = Field(None, ge=1, description="Model calls the session may make; more get 409.")
-    max_tokens_per_call: int | None = Field(None, ge=1, description="Cap on each call's max_tokens.")
-    idle_timeout_s: float | None = Field(None, gt=0, description="Seconds without calls before the session aborts.")
+    max_calls: int | None = Field(default=None, ge=1, description="Model calls the session may make; more get 409.")
+    max_tokens_per_call: int | None = Field(default=None, ge=1, description="Cap on each call's max_tokens.")
+    idle_timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds without calls before the session aborts."
+    )
 
 
 class CreateSession(BaseModel):
@@ -25,8 +27,9 @@ class CreateSession(BaseModel):
     task: dict[str, Any] = Field(default_factory=dict, description="The task row (its `id`, `env_seed`, ...).")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Kept in the record as is.")
     limits: SessionLimits = Field(default_factory=SessionLimits)
-    task_index: int | None = Field(None, ge=0)
-    repeat_index: int = Field(0, ge=0)
+    # `default=` by name: pyright reads a field's default only from that keyword (dataclass_transform).
+    task_index: int | None = Field(default=None, ge=0)
+    repeat_index: int = Field(default=0, ge=0)
 
 
 class FinishSession(BaseModel):
@@ -36,10 +39,10 @@ class FinishSession(BaseModel):
 
     reward: float | None = None
     reward_components: dict[str, float] | None = None
-    verifier: str | None = Field(None, description="An environment whose verifier scores the session.")
-    env_state: Any = Field(None, description="The environment's final state for the verifier (else replayed).")
+    verifier: str | None = Field(default=None, description="An environment whose verifier scores the session.")
+    env_state: Any = Field(default=None, description="The environment's final state for the verifier (else replayed).")
     env_result: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Merged into the session's metadata.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Merged into the session's metadata.")
     messages: list[dict[str, Any]] | None = Field(
         None,
         description="The agent's final history: the session's own (last request and reply) plus what came after "
