@@ -105,6 +105,7 @@ def record_completion(state: EpisodeState, completion: Completion, current: list
             completion.finish_reason,
             current,
             weight_versions=completion.weight_versions,
+            resumed=completion.resumed,
         )
         metadata["token_span"] = call_span(entry)
         update["ledger"] = [entry]
