@@ -221,10 +221,15 @@ class ModelClient:
             completion = await self._generate(prompt_ids, model, episode_id, sampling, structured_outputs)
         if completion is None:
             completion = await self._complete(prompt_ids, model, episode_id, sampling, structured_outputs)
+        tokens = len(completion.completion_token_ids or ())
+        # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter it
+        # started on across a swap, so the adapter sparring sent it to says which weights sampled it
         if adapter is not None and version is not None:
-            # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter
-            # it started on across a swap, so the adapter sparring sent it to says which weights sampled it
-            completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
+            completion.weight_versions = one_version(version, tokens)
+        elif self.control.adapter != adapter and completion.weight_versions:
+            # an adapter was loaded while this base-model call ran (a keep pause): the base weights
+            # sampled every token, under the label the server had when the call started
+            completion.weight_versions = one_version(completion.weight_versions[0]["version"], tokens)
         return completion
 
     def _count_resume(self, resumed: int, episode_id: str) -> int:

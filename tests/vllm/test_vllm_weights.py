@@ -1,6 +1,10 @@
-"""Weight sync on the real default model (vLLM's CPU build): a keep pause lands while policy calls are
-generating, a LoRA adapter made here with peft is loaded, generation resumes; the frozen calls finish
-with exact ids, and every call made after the update goes to the adapter."""
+"""Weight sync on the real default model (vLLM's CPU build).
+
+Keep: a pause lands while policy calls are generating, a LoRA adapter made here with peft is loaded,
+generation resumes; the frozen calls finish with exact ids on the base weights, every call made after
+the update goes to the adapter, and an episode that spans the update carries both versions.
+Abort: the pause ends the running calls; after the resume each goes on in the same episode, and the
+record says which were resumed."""
 
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ async def restored(vllm_server: ServerRecord) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as http:
         await http.post(f"{vllm_server.root_url}/resume")
         await http.post(f"{vllm_server.root_url}/update_weight_version", json={"new_version": "default"})
+        await http.post(f"{vllm_server.root_url}/reset_prefix_cache", params={"reset_running_requests": "true"})
         await http.post(f"{vllm_server.base_url}/unload_lora_adapter", json={"lora_name": f"{vllm_server.model}@1"})
 
 
@@ -99,3 +104,41 @@ async def test_a_keep_pause_mid_generation_an_adapter_load_and_a_resume(
     after = [model for model, sent, _ in log.calls if sent == 2]
     assert after and set(after) == {f"{vllm_server.model}@1"}, log.calls
     assert not any(sent == 1 for _, sent, _ in log.calls), "nothing is sent while paused"
+    for record in records:  # a call carries one version: the weights it ran on, frozen calls included
+        for call in record["trajectory"]["calls"]:
+            assert call["weight_versions"] is not None and len({s["version"] for s in call["weight_versions"]}) == 1
+    sets = [record["weight_versions"]["set"] for record in records]
+    assert ["default", "1"] in sets, f"no episode spans the update: {sets}"
+    assert all(s in (["default"], ["1"], ["default", "1"]) for s in sets), sets
+
+
+async def test_an_abort_pause_mid_generation_resumes_the_calls_in_the_same_episodes(
+    vllm_server: ServerRecord, restored: None
+) -> None:
+    config = server_config(
+        TicTacToe(), vllm_server, max_turns=2, policy_max_tokens=96, user_max_tokens=64, token_mode="tito"
+    )
+    engine = Engine(config)
+    try:
+        episodes = [asyncio.create_task(engine.play({}, episode_id=f"abort-{i}")) for i in range(EPISODES)]
+        async with aiohttp.ClientSession() as http:
+            while await running_requests(http, vllm_server) < 2:
+                await asyncio.sleep(0.05)
+        await engine.weights.pause("abort")
+        report = await engine.weights.update("2")
+        await engine.weights.resume()
+        records = await asyncio.wait_for(asyncio.gather(*episodes), 1800)
+    finally:
+        await engine.aclose()
+    assert report.taken_out == {}
+    assert len({record["id"] for record in records}) == EPISODES
+    resumed = []
+    for record in records:
+        assert record["status"] in ("completed", "truncated"), record["error"]
+        trajectory = record["trajectory"]
+        assert check_invariants(trajectory) == []
+        assert len(trajectory["segments"]) == 1 and trajectory["prefix_mismatches"] == 0
+        resumed += [call for call in trajectory["calls"] if call["resumed"]]
+    for call in resumed:
+        assert call["weight_versions"][-1]["version"] == "2", call
+    assert resumed, "the pause aborted no policy call"
