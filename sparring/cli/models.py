@@ -95,8 +95,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         "--no-scale-out",
         dest="scale_out",
         action="store_false",
-        help="without vLLM's token endpoint and server-side render (tito then needs the model's tokenizer and "
-        "records no weight versions)",
+        help="without vLLM's token endpoint and server-side render, for vLLM older than 0.32 (tito then needs "
+        "the model's tokenizer and records no weight versions)",
     )
     up.add_argument(
         "--no-dev-mode",
