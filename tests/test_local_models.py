@@ -219,8 +219,11 @@ def test_cpu_command_and_env(model_dir: Path) -> None:
         "policy",
         "user",
     ]
+    assert "--enable-scale-out" in cmd and "--enable-lora" not in cmd
+    assert cmd[cmd.index("--block-size") + 1] == str(local.CPU_BLOCK_SIZE)
     env = local.server_env(str(model_dir), device="cpu", kv_cache_gib=2)
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env or os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
     assert env["HF_HUB_OFFLINE"] == os.environ.get("HF_HUB_OFFLINE", "1")
     assert "VLLM_CPU_OMP_THREADS_BIND" in env
 
@@ -237,3 +240,40 @@ def test_busy_lock_times_out_instead_of_hanging(tmp_path: Path) -> None:
     assert waited == [True]
     with exclusive_lock(lock, 0.3):  # free again
         pass
+
+
+def test_models_up_flags_for_lora_scale_out_dev_mode_and_block_size(model_dir: Path) -> None:
+    from sparring.cli.main import make_parser
+
+    args = make_parser().parse_args(
+        ["models", "up", "--lora", "--max-lora-rank", "8", "--no-scale-out", "--no-dev-mode", "--block-size", "64"]
+    )
+    assert (args.lora, args.max_lora_rank, args.max_loras, args.scale_out, args.dev_mode, args.block_size) == (
+        True,
+        8,
+        local.DEFAULT_MAX_LORAS,
+        False,
+        False,
+        64,
+    )
+    cmd = local.server_command(
+        str(model_dir),
+        ["tiny"],
+        8123,
+        device="cpu",
+        python="py",
+        scale_out=False,
+        lora=True,
+        max_lora_rank=8,
+        block_size=64,
+    )
+    assert "--enable-scale-out" not in cmd
+    assert cmd[cmd.index("--enable-lora") :][:5] == ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
+    assert cmd[cmd.index("--block-size") + 1] == "64"
+    gpu = local.server_command(str(model_dir), ["tiny"], 8123, device="cuda", python="py")
+    assert "--block-size" not in gpu
+    env = local.server_env(str(model_dir), device="cpu", dev_mode=False, lora=True)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert env.get("VLLM_SERVER_DEV_MODE") == os.environ.get("VLLM_SERVER_DEV_MODE")
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["models", "up", "--max-loras", "0"])

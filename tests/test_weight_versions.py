@@ -215,4 +215,6 @@ def test_the_metrics_have_a_staleness_histogram() -> None:
         "histogram": {"0": 1, "1": 2, "2": 1},
         "unknown": 1,
         "without_versions": 1,
+        "ended_stale": 0,
+        "dropped": 0,
     }

@@ -379,3 +379,26 @@ async def _until(predicate: Callable[[], bool]) -> None:
     """Re-check `predicate` as the loop runs (for state outside the scripted server, e.g. a cap)."""
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+async def test_a_base_model_call_frozen_across_an_adapter_load_keeps_its_starting_label(
+    adapter: Callable[[str], str],
+) -> None:
+    """vLLM relabels the tokens of a request frozen by a keep pause with the new version, but the request
+    keeps the weights it started on: the record must say the base weights sampled all of them."""
+    gate = TokenGate()
+    async with (
+        servers(token_gate=gate, weight_version="0") as [server],
+        engine_on([server], token_mode="tito", max_turns=1) as engine,
+    ):
+        episode = asyncio.create_task(engine.play({}))
+        gate.allow(5)
+        await server.wait_until(lambda: gate.passed == 5)
+        await engine.weights.pause("keep")
+        await engine.weights.update("1", adapter("step-1"))
+        await engine.weights.resume()
+        gate.open()
+        record = await asyncio.wait_for(episode, HANG_UP)
+    first = record["trajectory"]["calls"][0]
+    assert first["weight_versions"] == [{"version": "0", "start": 0, "end": first["completion_len"]}]
+    assert [r["model"] for r in policy_requests(server) if "render" not in r["path"]] == ["policy"]

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--pass-threshold", type=float, default=1.0, metavar="R", help="reward that counts as a pass in pass@k"
     )
+    parser.add_argument(
+        "--drop-stale",
+        action="store_true",
+        help="with --max-staleness: leave out of the output the episodes past it (counted in the metrics file's "
+        "staleness.dropped) instead of writing them as aborted/stale",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar; errors still go to stderr")
     group = parser.add_argument_group("more than one process (needs sparring[ray])")
     group.add_argument(
@@ -106,6 +112,7 @@ def spec_from_args(args: argparse.Namespace) -> CollectSpec:
         force=args.force,
         grace_s=args.grace,
         pass_threshold=args.pass_threshold,
+        drop_stale=args.drop_stale,
         ray=RaySpec(workers=2 if args.workers is None else args.workers, address=args.address) if args.ray else None,
     )
 

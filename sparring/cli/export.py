@@ -48,6 +48,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="leave out episodes whose attribution label is one of these, comma-separated (e.g. user,tool,env: "
         "the failures the policy did not cause), from the rows and the group statistics; counted",
     )
+    parser.add_argument(
+        "--max-staleness",
+        type=int,
+        metavar="N",
+        help="leave out episodes whose oldest policy token lags by more than N weight versions (ended "
+        "aborted/stale, or measured so), from the rows and the group statistics; counted",
+    )
+    parser.add_argument(
+        "--current-version",
+        metavar="V",
+        help="with --max-staleness: measure staleness against this version (the trainer's now) instead of "
+        "the one each episode ended at",
+    )
     parser.set_defaults(func=cmd_export)
 
 
@@ -89,6 +102,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         on_bad_record=args.on_bad_record,
         on_skip=lambda problem: print(f"sparring export: skipped {problem}", file=sys.stderr, flush=True),
         drop_attributed=args.drop_attributed,
+        max_staleness=args.max_staleness,
+        current_version=args.current_version,
     )
     summary = {**stats.__dict__, "groups_by_size": {str(k): v for k, v in sorted(stats.groups_by_size.items())}}
     print(orjson.dumps({"output": str(args.output), **summary}).decode())

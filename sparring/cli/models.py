@@ -43,6 +43,17 @@ class ConsoleProgress:
         sys.stderr.flush()
 
 
+def positive(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add `models` with its `up`, `down` and `status` subcommands to the main parser."""
     parser = subparsers.add_parser(
@@ -71,6 +82,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     up.add_argument("--python", default=None, help="interpreter that has vLLM (default: this one)")
     up.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if nvidia-smi exists")
     up.add_argument("--timeout", type=float, default=local.START_TIMEOUT_S, help="seconds to wait for health")
+    up.add_argument(
+        "--lora",
+        action="store_true",
+        help="serve runtime LoRA adapters (the weight sync loads them: engine.weights / POST /v1/weights/update)",
+    )
+    up.add_argument("--max-lora-rank", type=positive, default=local.DEFAULT_MAX_LORA_RANK, help="with --lora")
+    up.add_argument(
+        "--max-loras", type=positive, default=local.DEFAULT_MAX_LORAS, help="adapters per batch, with --lora"
+    )
+    up.add_argument(
+        "--no-scale-out",
+        dest="scale_out",
+        action="store_false",
+        help="without vLLM's token endpoint and server-side render, for vLLM older than 0.32 (tito then needs "
+        "the model's tokenizer and records no weight versions)",
+    )
+    up.add_argument(
+        "--no-dev-mode",
+        dest="dev_mode",
+        action="store_false",
+        help="without vLLM's pause / resume / weight-version endpoints (no weight sync through sparring)",
+    )
+    up.add_argument(
+        "--block-size",
+        type=positive,
+        default=None,
+        help=f"KV-cache block in tokens (default: {local.CPU_BLOCK_SIZE} on CPU, the smallest it accepts; "
+        "vLLM's own on GPU)",
+    )
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the servers recorded by `up` (and nothing else)")
@@ -92,6 +132,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         python=args.python,
         device=args.device,
         timeout_s=args.timeout,
+        scale_out=args.scale_out,
+        dev_mode=args.dev_mode,
+        lora=args.lora,
+        max_lora_rank=args.max_lora_rank,
+        max_loras=args.max_loras,
+        block_size=args.block_size,
     )
     try:
         local.up(

@@ -74,6 +74,13 @@ def add_episode_options(parser: argparse.ArgumentParser) -> None:
         "default auto: tito when the policy tokenizer is known, else chat",
     )
     limits.add_argument(
+        "--max-staleness",
+        type=int,
+        metavar="N",
+        help="most weight versions an episode's oldest policy token may lag the current version (whole-number "
+        "versions); an episode past it ends aborted/stale before its next policy call (default: no bound)",
+    )
+    limits.add_argument(
         "--policy-tokenizer",
         metavar="DIR",
         help="the policy model's local folder (tokenizer + chat template): tito renders prompts with it",
@@ -101,6 +108,7 @@ _FLAG_SETTINGS = (
     "env_url",
     "judge_max_tokens",
     "routing",
+    "max_staleness",
 )
 
 

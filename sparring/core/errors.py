@@ -34,6 +34,13 @@ class ReplayError(InputError):
     """A conversation that cannot be replayed into an environment's state (to score it); says which message."""
 
 
+class StaleEpisode(SparringError):
+    """An episode whose oldest policy token lags the current weight version by more than `max_staleness`.
+
+    It ends `aborted` / `stale` before its next policy call (no more tokens are spent on it).
+    """
+
+
 class EnvServerError(SparringError):
     """An environment's server failed: refused, unreachable, gone mid-episode, or answered what cannot be read.
 

@@ -116,6 +116,7 @@ RULES: dict[str, Rule] = {
     "max_connections": POSITIVE_COUNT,
     "token_mode": Rule(choices=TOKEN_MODES),
     "routing": Rule(choices=ROUTINGS),
+    "max_staleness": Rule(ge=0, integer=True),
     "env_url": Rule(urls=True),
     "allow_env_urls": Rule(urls=True, may_be_empty=True),
 }
@@ -188,6 +189,13 @@ class EpisodeSettings:
         "How a new episode picks its replica (it then sticks to it, for the prefix cache): least_loaded, by "
         "episodes pinned there and the server's running/waiting requests and KV-cache usage; rendezvous, by "
         "a hash of its id (even counts, whatever the episodes' lengths).",
+    )
+    max_staleness: int | None = _setting(
+        None,
+        "Most weight versions the oldest policy token of an episode may lag the current version (the one "
+        "sparring was last told: engine.weights.update, POST /v1/weights/update): before each policy call an "
+        "episode past it ends aborted/stale. Versions are compared as whole numbers (trainer steps); labels "
+        "that are not cannot be compared and bound nothing. None: no bound.",
     )
     token_mode: Literal["auto", "chat", "tito"] = _setting(
         "auto",

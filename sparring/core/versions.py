@@ -18,10 +18,13 @@ far apart two arbitrary labels are, so trainers that want bounds number their ve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from typing_extensions import TypedDict  # pydantic (Studio's schemas) needs it on Python < 3.12
+
+STALE = "stale"
+"""The stop reason of an episode ended because its oldest token passed `max_staleness` (status aborted)."""
 
 
 class VersionSpan(TypedDict):
@@ -140,3 +143,40 @@ def episode_versions(
         "current": current,
         "staleness": staleness(ordered[0], current),
     }
+
+
+def ledger_staleness(spans_per_call: Iterable[Sequence[VersionSpan] | None], current: str | None) -> int | None:
+    """How many versions `current` is ahead of the oldest version among these calls' tokens; None when unknown."""
+    seen = first_appearance(spans_per_call)
+    return staleness(in_order(seen)[0], current) if seen else None
+
+
+def record_staleness(record: Mapping[str, Any], current: str | None = None) -> int | None:
+    """A record's staleness: as it was when the episode ended, or against `current` when given; None when unknown.
+
+    A record written without versions (`weight_versions` null) has none. A malformed field is a ValueError.
+    """
+    versions = record.get("weight_versions")
+    if versions is None:
+        return None
+    if not isinstance(versions, Mapping):
+        raise ValueError(f"weight_versions: must be an object or null, got {type(versions).__name__}")
+    if current is not None:
+        oldest = versions.get("min")
+        if not isinstance(oldest, str):
+            raise ValueError(f"weight_versions.min: must be a string, got {oldest!r}")
+        return staleness(oldest, current)
+    value = versions.get("staleness")
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"weight_versions.staleness: must be a whole number, at least 0, or null, got {value!r}")
+    return value
+
+
+def is_stale(record: Mapping[str, Any], max_staleness: int | None, current: str | None = None) -> bool:
+    """Whether the record's tokens are more than `max_staleness` versions old (ended so, or measured so)."""
+    if max_staleness is None:
+        return False
+    if record.get("status") == "aborted" and record.get("stop_reason") == STALE:
+        return True
+    measured = record_staleness(record, current)
+    return measured is not None and measured > max_staleness

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from sparring.core.errors import UsageError
 from sparring.core.settings import EpisodeSettings
 from sparring.core.task import TaskError, scan_tasks
+from sparring.core.versions import is_stale
 from sparring.engine.batch import AdaptiveConcurrency, BatchItem, BatchRunner, Runner
 from sparring.engine.engine import Engine
 from sparring.engine.metrics import MetricsAccumulator
@@ -105,6 +106,13 @@ class CollectSpec:
         default=0.0, metadata={"description": "On stop (Ctrl-C, SIGTERM), seconds in-flight episodes may finish."}
     )
     pass_threshold: float = field(default=1.0, metadata={"description": "Reward that counts as a pass in pass@k."})
+    drop_stale: bool = field(
+        default=False,
+        metadata={
+            "description": "Leave out of the output the episodes past the settings' `max_staleness` (ended "
+            "aborted/stale, or measured so when they ended), counted in the metrics; False: they are written."
+        },
+    )
     ray: RaySpec | None = field(default=None, metadata={"description": "Run on Ray actors; None: in this process."})
 
     def check(self) -> None:
@@ -322,9 +330,13 @@ async def _collect(spec: CollectSpec, progress: CollectProgress, stop_on_signals
     try:
         progress.start(len(items))
         async for record in runner.run(items):
+            ran += 1
+            if spec.drop_stale and is_stale(record, settings(str(record.get("env"))).max_staleness):
+                metrics.stale_dropped += 1  # not written: a resumed collect plays the pair again
+                progress.advance(record, metrics)
+                continue
             writer.write(record)
             metrics.add(record)
-            ran += 1
             if is_failure(record):
                 failed += 1
                 error = record.get("error") or {}

@@ -31,6 +31,14 @@ per run of a version within each policy call's completion, so a trainer can mask
 the weights that sampled them. Prompt tokens have no version. A segment none of whose calls reported
 versions has None; tokens no span covers have no known version.
 
+`max_staleness` leaves out the episodes whose oldest policy token lags by more versions than that:
+those ended aborted/stale at collection, and those whose staleness (the record's
+`weight_versions.staleness`, measured when the episode ended, or against `current_version` when the
+trainer names its version now) is above the bound. They are off-policy beyond what the trainer
+accepts, so they leave the group statistics too, and are counted. A record whose staleness cannot be
+known (no versions, or labels that are not whole numbers) is kept and counted apart; a malformed
+`weight_versions` is a bad record like any other.
+
 Two passes over the input, so memory holds rewards per group and one batch of rows, never the records.
 """
 
@@ -50,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparring.core.attribution import LABELS
 from sparring.core.errors import InputError, UsageError
-from sparring.core.versions import VersionSpan, append_spans
+from sparring.core.versions import VersionSpan, append_spans, is_stale, record_staleness
 from sparring.engine.output import check_output_path
 
 if TYPE_CHECKING:
@@ -82,6 +90,10 @@ class ExportStats:
     bad_record_examples: list[str] = field(default_factory=list)
     """The first few bad records' errors (all of them went to `on_skip`)."""
     attributed_left_out: dict[str, int] = field(default_factory=dict)
+    stale_left_out: int = 0
+    """Episodes past `max_staleness` (ended stale at collection, or measured so)."""
+    staleness_unknown_kept: int = 0
+    """With `max_staleness`: episodes whose staleness cannot be known, kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,12 +317,19 @@ def export(
     on_bad_record: str = "fail",
     on_skip: Callable[[str], None] | None = None,
     drop_attributed: Collection[str] = (),
+    max_staleness: int | None = None,
+    current_version: str | None = None,
 ) -> ExportStats:
     """Write the training rows of `source` to `output` (.parquet, or .jsonl); returns the counts.
 
     `on_bad_record`: "fail" raises the first bad record's InputError (and writes nothing); "skip"
-    leaves bad records out, counts them and passes each error to `on_skip`.
+    leaves bad records out, counts them and passes each error to `on_skip`. `max_staleness` and
+    `current_version`: see the module docstring.
     """
+    if max_staleness is not None and (type(max_staleness) is not int or max_staleness < 0):
+        raise UsageError(f"max_staleness (--max-staleness) must be a whole number, at least 0, got {max_staleness!r}")
+    if current_version is not None and (max_staleness is None or not current_version.strip()):
+        raise UsageError("current_version (--current-version) goes with max_staleness and must not be empty")
     if normalize not in ("none", "std"):
         raise UsageError(f"normalize must be 'none' or 'std', got {normalize!r}")
     if on_bad_record not in BAD_RECORD_POLICIES:
@@ -323,6 +342,7 @@ def export(
     stats = ExportStats()
     rewards: dict[str, list[float]] = {}
     bad_lines: set[int] = set()
+    stale_lines: set[int] = set()
     end = 0
     with open(source, "rb") as handle:
         for line_no, line, offset in _lines(handle):
@@ -331,6 +351,9 @@ def export(
                 continue
             try:
                 record = checked_record(line, f"{source}:{line_no}")
+                if max_staleness is not None and _stale(record, max_staleness, current_version, f"{source}:{line_no}"):
+                    stale_lines.add(line_no)
+                    continue
             except InputError as exc:
                 if on_bad_record == "fail":
                     raise
@@ -354,8 +377,23 @@ def export(
             for line_no, line, _ in _lines(handle, end):  # exactly the bytes the first pass checked
                 if not line.strip() or line_no in bad_lines:
                     continue
-                _add_rows(parse_record(line), groups, normalize, drop_equal_groups, dropped, stats, writer)
+                if line_no in stale_lines:
+                    stats.records += 1
+                    stats.stale_left_out += 1
+                    continue
+                record = parse_record(line)
+                if max_staleness is not None and record_staleness(record, current_version) is None:
+                    stats.staleness_unknown_kept += 1
+                _add_rows(record, groups, normalize, drop_equal_groups, dropped, stats, writer)
     return stats
+
+
+def _stale(record: dict[str, Any], max_staleness: int, current_version: str | None, where: str) -> bool:
+    """Whether a checked record is past the bound; a malformed `weight_versions` is an InputError naming it."""
+    try:
+        return is_stale(record, max_staleness, current_version)
+    except ValueError as exc:
+        raise InputError(f"{where}: field {exc}") from None
 
 
 def _add_rows(

@@ -16,7 +16,9 @@ Definitions (aborted episodes have no reward and are left out of every reward fi
   least one `fault` reason from it (what made the failures someone else's).
 - `staleness`: per episode, the current weight version when it ended minus the oldest version its
   policy tokens carry (core/versions.py), as a histogram; episodes whose staleness is unknown (labels
-  that are not numbers) and episodes without versions (a server that reports none) are counted apart.
+  that are not numbers) and episodes without versions (a server that reports none) are counted apart;
+  `ended_stale` episodes ended aborted/stale by `max_staleness`, `dropped` ones collect left out of the
+  output (`drop_stale`, never counted as episodes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparring.core.versions import STALE
 from sparring.models.latency import LatencyHistogram
 
 ROLES = ("policy", "user")
@@ -57,6 +60,8 @@ class MetricsAccumulator:
     fault_checks: dict[str, Counter[str]] = field(default_factory=dict)
     staleness: Counter[int] = field(default_factory=Counter)
     staleness_unknown: int = 0
+    stale_dropped: int = 0
+    """Episodes past `max_staleness` that collect left out of the output (`drop_stale`): not in `episodes`."""
     without_versions: int = 0
 
     def add(self, record: Mapping[str, Any]) -> None:
@@ -134,6 +139,8 @@ class MetricsAccumulator:
                 "histogram": {str(k): n for k, n in sorted(self.staleness.items())},
                 "unknown": self.staleness_unknown,
                 "without_versions": self.without_versions,
+                "ended_stale": self.by_stop_reason.get(STALE, 0),
+                "dropped": self.stale_dropped,
             },
             "wall_s": wall_s,
             "episodes_this_run": ran,

@@ -61,6 +61,7 @@ import orjson
 
 from sparring.core.errors import InputError, UsageError
 from sparring.core.settings import EpisodeSettings
+from sparring.core.versions import STALE
 
 Pair = tuple[int, int]
 
@@ -204,8 +205,9 @@ def is_interrupted(record: dict[str, Any]) -> bool:
 
 
 def is_failure(record: dict[str, Any]) -> bool:
-    """An episode aborted by an infrastructure failure (it goes to the failures file)."""
-    return record.get("status") == "aborted" and not is_interrupted(record)
+    """An episode aborted by an infrastructure failure (it goes to the failures file); an episode ended for
+    `max_staleness` is no failure, the bound did its job."""
+    return record.get("status") == "aborted" and not is_interrupted(record) and record.get("stop_reason") != STALE
 
 
 @dataclass

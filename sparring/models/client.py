@@ -22,12 +22,16 @@ import orjson
 
 from sparring.core.errors import ContextLengthExceeded, ModelRequestError
 from sparring.core.messages import ToolCall
-from sparring.core.versions import VersionSpan, one_version, spans_from_server
+from sparring.core.versions import VersionSpan, append_spans, one_version, spans_from_server
 from sparring.models.generation import GenerationControl
 from sparring.models.transport import Reply, Routing, Transport
+from sparring.tools.constraints import may_continue
 
 # vLLM's wordings across versions for a prompt (plus max_tokens) that does not fit the model.
 CONTEXT_LENGTH_MARKERS = ("context length", "maximum model length")
+MAX_RESUMES = 32
+"""Aborted answers one call takes before it gives up: a pause aborts a call once, a server that aborts
+every request (an operator's loop of `/abort_requests`) must not hold an episode forever."""
 GENERATE_PATH = "/../inference/v1/generate"
 """vLLM serves the token endpoint at the server's root, beside `/v1` (base URLs end in `/v1`; the URL is normalised)."""
 RENDER_PATH = "/chat/completions/render"
@@ -73,6 +77,8 @@ class Completion:
     max_tokens: int | None = None
     weight_versions: list[VersionSpan] | None = None
     """The completion's tokens by the weights that sampled them, as the server reported them (None: no versions)."""
+    resumed: int = 0
+    """Times the call was aborted by the server (a pause in abort mode) and went on after the resume."""
 
 
 def parse_tool_calls(message: dict[str, Any]) -> list[ToolCall]:
@@ -121,17 +127,23 @@ class ModelClient:
         The chat endpoint reports no weight versions: only a call sent to a LoRA adapter has one, the
         version the adapter was loaded as.
         """
-        if not self.control.is_open:
-            await self.control.wait_open()
-        adapter, version = self.control.adapter, self.control.version
-        model = adapter or self.config.model
-        body: dict[str, Any] = {"model": model, "messages": messages, **sampling, **self._capture}
-        if tools:
-            body["tools"] = tools
-            if tool_choice is not None:
-                body["tool_choice"] = tool_choice
-        data, latency = await self._post("/chat/completions", body, episode_id)
-        choice = data["choices"][0]
+        resumed = 0
+        while True:
+            if not self.control.is_open:
+                await self.control.wait_open()
+            adapter, version = self.control.adapter, self.control.version
+            model = adapter or self.config.model
+            body: dict[str, Any] = {"model": model, "messages": messages, **sampling, **self._capture}
+            if tools:
+                body["tools"] = tools
+                if tool_choice is not None:
+                    body["tool_choice"] = tool_choice
+            data, latency = await self._post("/chat/completions", body, episode_id)
+            choice = data["choices"][0]
+            if choice.get("finish_reason") != "abort":
+                break
+            # a chat reply cannot go on from its partial text (no ids to extend): made again, whole
+            resumed = self._count_resume(resumed, episode_id)
         message = choice["message"]
         usage = data.get("usage") or {}
         completion = Completion(
@@ -142,6 +154,7 @@ class ModelClient:
             completion_tokens=usage.get("completion_tokens", 0),
             latency_s=latency,
             max_tokens=sampling.get("max_tokens"),
+            resumed=resumed,
         )
         if self.config.capture_tokens:
             self._capture_ids(completion, data, choice)
@@ -165,8 +178,42 @@ class ModelClient:
         Tool calls are not parsed here: in this mode sparring reads them from the text itself.
         `structured_outputs` is vLLM's constraint on the generated text (e.g. a tool call's arguments).
         """
-        if not self.control.is_open:
-            await self.control.wait_open()
+        done: Completion | None = None  # what aborted attempts generated so far (unconstrained calls)
+        resumed = 0
+        max_tokens = sampling.get("max_tokens")
+        while True:
+            if not self.control.is_open:
+                await self.control.wait_open()
+            ask, prompt = sampling, prompt_ids
+            if done is not None:
+                prompt = prompt_ids + (done.completion_token_ids or [])
+                if max_tokens is not None:
+                    ask = {**sampling, "max_tokens": max_tokens - len(done.completion_token_ids or ())}
+            part = await self._one_tokens_call(prompt, episode_id, ask, structured_outputs)
+            completion = part if done is None else _joined(done, part)
+            left = None if max_tokens is None else max_tokens - len(completion.completion_token_ids or ())
+            if part.finish_reason != "abort":
+                break
+            resumed = self._count_resume(resumed, episode_id)
+            if left is not None and left <= 0:  # aborted on its last token: nothing is left to generate
+                completion.finish_reason = "length"
+                break
+            # vLLM's grammar starts again with a new request: a reply that went into a tool call cannot go
+            # on from its partial (it would open a second one), so it is made again from its prompt
+            done = completion if may_continue(structured_outputs, completion.text) else None
+        completion.prompt_token_ids = prompt_ids
+        completion.max_tokens = max_tokens
+        completion.resumed = resumed
+        return completion
+
+    async def _one_tokens_call(
+        self,
+        prompt_ids: list[int],
+        episode_id: str,
+        sampling: Mapping[str, Any],
+        structured_outputs: dict[str, Any] | None,
+    ) -> Completion:
+        """One token-in, token-out request to the current adapter, its spans by the adapter's version."""
         adapter, version = self.control.adapter, self.control.version
         model = adapter or self.config.model
         completion = None
@@ -174,11 +221,24 @@ class ModelClient:
             completion = await self._generate(prompt_ids, model, episode_id, sampling, structured_outputs)
         if completion is None:
             completion = await self._complete(prompt_ids, model, episode_id, sampling, structured_outputs)
+        tokens = len(completion.completion_token_ids or ())
+        # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter it
+        # started on across a swap, so the adapter sparring sent it to says which weights sampled it
         if adapter is not None and version is not None:
-            # vLLM labels tokens with the engine's version, not the adapter's: a request keeps the adapter
-            # it started on across a swap, so the adapter sparring sent it to says which weights sampled it
-            completion.weight_versions = one_version(version, len(completion.completion_token_ids or ()))
+            completion.weight_versions = one_version(version, tokens)
+        elif self.control.adapter != adapter and completion.weight_versions:
+            # an adapter was loaded while this base-model call ran (a keep pause): the base weights
+            # sampled every token, under the label the server had when the call started
+            completion.weight_versions = one_version(completion.weight_versions[0]["version"], tokens)
         return completion
+
+    def _count_resume(self, resumed: int, episode_id: str) -> int:
+        """One more aborted answer for a call; past `MAX_RESUMES` the call fails."""
+        if resumed >= MAX_RESUMES:
+            raise ModelRequestError(
+                f"{self.config.model}: the server aborted episode {episode_id}'s call {resumed + 1} times in a row"
+            )
+        return resumed + 1
 
     async def render(
         self,
@@ -335,6 +395,26 @@ class ModelClient:
         if any(marker in detail.lower() for marker in CONTEXT_LENGTH_MARKERS):
             raise ContextLengthExceeded(f"{reply.url}: {detail}")
         raise ModelRequestError(f"{reply.url}: HTTP {reply.status}: {detail}")
+
+
+def _joined(done: Completion, part: Completion) -> Completion:
+    """An aborted reply's tokens followed by its continuation's: one reply, as if never interrupted."""
+    ids = (done.completion_token_ids or []) + (part.completion_token_ids or [])
+    spans = None
+    if done.weight_versions is not None and part.weight_versions is not None:
+        spans = append_spans(done.weight_versions, part.weight_versions, len(done.completion_token_ids or ()))
+    return Completion(
+        text=done.text + part.text,
+        tool_calls=[],
+        finish_reason=part.finish_reason,
+        prompt_tokens=done.prompt_tokens,
+        completion_tokens=len(ids),
+        prompt_token_ids=done.prompt_token_ids,
+        completion_token_ids=ids,
+        completion_logprobs=(done.completion_logprobs or []) + (part.completion_logprobs or []),
+        latency_s=done.latency_s + part.latency_s,
+        weight_versions=spans,
+    )
 
 
 def _is_error_object(raw: bytes) -> bool:

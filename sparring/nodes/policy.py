@@ -7,11 +7,12 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from sparring.core.errors import ContextLengthExceeded, ModelCallError
+from sparring.core.errors import ContextLengthExceeded, ModelCallError, StaleEpisode
 from sparring.core.ledger import call_span, ledger_entry, segment_ids
 from sparring.core.messages import assistant_message, to_wire, to_wire_list
 from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeState
+from sparring.core.versions import STALE, ledger_staleness
 from sparring.models.client import Completion, ModelClient
 from sparring.models.tito import PromptRenderer, ServerRenderer, TokenizerUnavailable
 from sparring.nodes.deps import EpisodeDeps
@@ -23,6 +24,9 @@ from sparring.tools.parsing import adopt_text_calls, parse_reply
 async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps: EpisodeDeps) -> dict[str, Any]:
     """Call the policy on its view of the conversation; a full context or a dead server ends the episode."""
     client, _ = deps.clients.clients(runtime.context)
+    stale = staleness_problem(state, runtime.context.max_staleness, client.control.version)
+    if stale is not None:
+        return ended("aborted", STALE, StaleEpisode(stale))
     starts_turn = state["policy_steps"] == 0
     update: dict[str, Any] = {"policy_steps": state["policy_steps"] + 1}
     if starts_turn:
@@ -60,6 +64,16 @@ async def policy(state: EpisodeState, runtime: Runtime[EpisodeSettings], *, deps
         return {**update, **ended("aborted", "model_error", exc)}
     update["num_policy_calls"] = state["num_policy_calls"] + 1  # answered calls only (a reply to record)
     return {**update, **record_completion(state, completion, current)}
+
+
+def staleness_problem(state: EpisodeState, bound: int | None, current: str | None) -> str | None:
+    """Why the episode's tokens are too old to go on (`max_staleness`), or None."""
+    if bound is None or not state["ledger"]:
+        return None
+    lag = ledger_staleness((entry.get("weight_versions") for entry in state["ledger"]), current)
+    if lag is None or lag <= bound:
+        return None
+    return f"the oldest policy token is {lag} weight versions behind the current one ({current}); max_staleness {bound}"
 
 
 async def call_tokens_in_tokens_out(
@@ -105,6 +119,7 @@ def record_completion(state: EpisodeState, completion: Completion, current: list
             completion.finish_reason,
             current,
             weight_versions=completion.weight_versions,
+            resumed=completion.resumed,
         )
         metadata["token_span"] = call_span(entry)
         update["ledger"] = [entry]

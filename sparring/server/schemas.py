@@ -142,6 +142,10 @@ class RequestModels:
     run: type[BaseModel]
 
 
+MAX_STALENESS = 1_000_000
+"""A bound on the bound: any real staleness is far below it; a request cannot send a huge integer."""
+
+
 def build_request_models(settings: ServerSettings, env_names: list[str]) -> RequestModels:
     """Models whose field constraints are this server's limits, so the schema states all a request must meet."""
     env_type: Any = Literal[tuple(sorted(env_names))]  # type: ignore[valid-type]
@@ -166,6 +170,10 @@ def build_request_models(settings: ServerSettings, env_names: list[str]) -> Requ
         user_temperature=(float | None, Field(None, ge=0.0, le=2.0)),
         user_top_p=(float | None, Field(None, gt=0.0, le=1.0)),
         user_max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens)),
+        max_staleness=(
+            int | None,
+            Field(None, ge=0, le=MAX_STALENESS, description="Weight versions an episode's oldest token may lag."),
+        ),
     )
     limits = create_model(
         "TaskLimits",

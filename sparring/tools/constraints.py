@@ -82,3 +82,26 @@ def cached_tool_call_constraint(
             _CACHE.clear()
         _CACHE[key] = tool_call_constraint(tools, tool_choice)
     return _CACHE[key]
+
+
+def may_continue(structured_outputs: dict[str, Any] | None, partial_text: str) -> bool:
+    """Whether an aborted reply under this constraint may go on from its partial text in a new request.
+
+    vLLM compiles the grammar afresh for every request, from the start: a continuation is only bound
+    by the same rule if the partial left the grammar where it begins. That holds with no constraint,
+    and with `auto`'s triggered tags while the partial has not begun a trigger (free text so far); a
+    `required` call, or an `auto` reply inside `<tool_call>`, must be made again from its prompt.
+    """
+    if structured_outputs is None:
+        return True
+    try:
+        tag = orjson.loads(structured_outputs["structural_tag"])["format"]
+        triggers = tag["triggers"] if tag["type"] == "triggered_tags" else None
+    except (KeyError, TypeError, orjson.JSONDecodeError):
+        return False
+    if not triggers:
+        return False
+    return not any(
+        trigger in partial_text or any(partial_text.endswith(trigger[:n]) for n in range(1, len(trigger)))
+        for trigger in triggers
+    )

@@ -2,7 +2,9 @@
 
 Started through `sparring.models.local` on a free port (never the user's recorded servers), so the
 launcher itself is exercised; stopped at the end of the session. `SPARRING_VLLM_PYTHON` names an
-interpreter that has vLLM when the test environment itself does not.
+interpreter that has vLLM when the test environment itself does not. It is started as
+`sparring models up --lora` starts it: the token endpoint, vLLM's dev-mode RL endpoints (pause,
+resume, weight version) and runtime LoRA adapters, which the weight-sync tests drive.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _progress(message: str, *, transient: bool = False) -> None:
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[ServerRecord]:
     """The running server: `.base_url` (ends in /v1), `.model` (served name), `.model_path` (tokenizer folder)."""
-    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"))
+    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"), lora=True, max_lora_rank=8)
     record = start_server(None, ROLES, free_port(), options, _progress)
     try:
         yield record

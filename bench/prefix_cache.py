@@ -1,0 +1,154 @@
+"""Benchmark: vLLM's prefix-cache hit rate on 5-turn tic-tac-toe episodes, per role (issue 16's benchmark 2).
+
+Against a running real server (`sparring models up`, or one started with `--block-size B`; add
+`--extra-args "--enable-prompt-tokens-details"` for per-request figures). Plays one warm-up episode, then
+`--episodes` at `--concurrency` in tito mode, and prints:
+- per role, cached / prompt tokens over the run's calls, from each reply's
+  `usage.prompt_tokens_details.cached_tokens` (immune to other clients of the server; needs the flag above);
+- vLLM's own `/metrics` counters over the run (prefix-cache hits / queries, every client of the server);
+- the ceiling whole blocks allow for the policy: per call, the part of its prompt the episode's previous
+  call already sent (its prompt and completion), cut to whole blocks of 1, 16, 32, 64 and 128 tokens;
+- the server's block size (`vllm:cache_config_info`), statuses, segments and prefix mismatches.
+
+    .venv/bin/python bench/prefix_cache.py --base-url http://127.0.0.1:8000/v1 [--episodes 8] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from sparring import Engine, EpisodeSettings
+from sparring.envs.tictactoe import TicTacToe
+from sparring.models.transport import Reply
+
+COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+
+
+def scrape(root: str) -> tuple[dict[str, float], str | None]:
+    """The prefix-cache counters (summed over label sets) and the block size, from `/metrics`."""
+    text = urllib.request.urlopen(f"{root}/metrics", timeout=30).read().decode()
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    block = re.search(r'cache_config_info\{[^}]*block_size="(\d+)"', text)
+    return totals, block.group(1) if block else None
+
+
+def ceiling(records: list[dict[str, Any]], block: int) -> float:
+    """Share of the policy's prompt tokens whole blocks could serve from the episode's previous call."""
+    cacheable = total = 0
+    for record in records:
+        previous_end = None
+        for call in record["trajectory"]["calls"]:
+            prompt = call["prompt_len"]
+            shared = prompt if previous_end is None else min(previous_end, prompt)
+            cacheable += shared // block * block
+            total += prompt
+            previous_end = prompt + call["completion_len"]
+    return cacheable / total if total else 0.0
+
+
+class UsageLog:
+    """Prompt and cached tokens of every generation reply, by the model the request named."""
+
+    def __init__(self, policy_model: str) -> None:
+        self.policy_model = policy_model
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.on = False
+
+    def wrap(self, post: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Reply]]:
+        async def logged(path: str, payload: bytes, **kwargs: Any) -> Reply:
+            reply = await post(path, payload, **kwargs)
+            if self.on and not path.endswith("/render") and reply.status == 200:
+                usage = orjson.loads(reply.body).get("usage") or {}
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                role = "policy" if orjson.loads(payload).get("model") == self.policy_model else "user"
+                self.calls.append((role, int(usage.get("prompt_tokens") or 0), cached))
+            return reply
+
+        return logged
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    root = args.base_url.removesuffix("/").removesuffix("/v1")
+    env = TicTacToe()
+    settings = EpisodeSettings(
+        **{
+            **env.settings,
+            "policy_base_urls": [args.base_url],
+            "user_base_urls": [args.base_url],
+            "policy_model": args.policy_model,
+            "user_model": args.user_model,
+            "token_mode": "tito",
+            "max_turns": args.max_turns,
+            "request_timeout_s": 1800,
+        }
+    )
+    engine = Engine(settings)
+    log = UsageLog(args.policy_model)
+    policy, user = engine.clients.clients(settings)
+    for transport in {id(c.transport): c.transport for c in (policy, user)}.values():
+        transport.post = log.wrap(transport.post)  # type: ignore[method-assign]
+    try:
+        await engine.play({}, episode_id="warm-up")  # the opening every episode shares is cached from here on
+        log.on = True
+        before, block = scrape(root)
+        slots = asyncio.Semaphore(args.concurrency)
+
+        async def one(i: int) -> dict[str, Any]:
+            async with slots:
+                return await engine.play({}, episode_id=f"prefix-{i}")
+
+        started = time.perf_counter()
+        records = await asyncio.gather(*(one(i) for i in range(args.episodes)))
+        wall = time.perf_counter() - started
+        after, _ = scrape(root)
+    finally:
+        await engine.aclose()
+    print(f"block size {block}, {len(records)} episodes in {wall:.0f} s: {sorted({r['status'] for r in records})}")
+    print(
+        f"segments {sum(len(r['trajectory']['segments']) for r in records)}, "
+        f"prefix mismatches {sum(r['trajectory']['prefix_mismatches'] for r in records)}"
+    )
+    for role in ("policy", "user"):
+        calls = [c for c in log.calls if c[0] == role]
+        prompt = sum(c[1] for c in calls)
+        if calls and all(c[2] is not None for c in calls):
+            cached = sum(c[2] or 0 for c in calls)
+            print(f"{role}: {len(calls)} calls, hit rate {cached / prompt:.1%} ({cached} of {prompt} prompt tokens)")
+        else:
+            print(
+                f"{role}: {len(calls)} calls, no per-request cached_tokens (start vLLM with "
+                "--enable-prompt-tokens-details)"
+            )
+    queries = after[COUNTERS[0]] - before[COUNTERS[0]]
+    hits = after[COUNTERS[1]] - before[COUNTERS[1]]
+    if queries:
+        print(f"vLLM /metrics over the run (all clients): hit rate {hits / queries:.1%}")
+    ceilings = ", ".join(f"{b}: {ceiling(records, b):.1%}" for b in (1, 16, 32, 64, 128))
+    print(f"policy ceiling of whole blocks: {ceilings}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--policy-model", default="policy")
+    parser.add_argument("--user-model", default="user")
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-turns", type=int, default=5)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
