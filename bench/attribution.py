@@ -18,14 +18,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sparring.core.attribution import LABELS, attribute
+from sparring.core.errors import InputError
+from sparring.core.jsonl import json_object
 from sparring.core.task import read_tasks
-from sparring.engine.export import read_records
 from sparring.engine.settings import default_settings
 from sparring.envs.registry import get_environment
+
+
+def read_records(path: str) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, each line through the one JSONL reader (a bad line names file:line)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield json_object(line, f"{path}:{number}", "a record")
 
 
 def rescored(record: dict[str, Any], tasks: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -85,12 +95,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     tasks: dict[str, dict[int, dict[str, Any]]] = {}
-    for spec in args.tasks:
-        env, _, path = spec.partition("=")
-        if not path:
-            parser.error(f"--tasks {spec}: expected ENV=FILE")
-        tasks[env] = {index: task for index, _, task in read_tasks(path)}
-    print("\n".join(table(args.records, args.rescore, tasks)))
+    try:
+        for spec in args.tasks:
+            env, _, path = spec.partition("=")
+            if not path:
+                parser.error(f"--tasks {spec}: expected ENV=FILE")
+            tasks[env] = {index: task for index, _, task in read_tasks(path)}
+        print("\n".join(table(args.records, args.rescore, tasks)))
+    except (OSError, InputError) as exc:  # a missing file, a line that is no JSON object: named, no traceback
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

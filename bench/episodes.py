@@ -34,10 +34,7 @@ from baseline_aiohttp import AiohttpLoop
 from naive_langchain import NaiveLangChainGraph
 
 from sparring.core.settings import EpisodeSettings
-from sparring.engine.engine import run_episode
-from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
+from sparring.engine.engine import Engine
 from sparring.testing import FakeModelProcess
 
 MEASURE_TIMEOUT_S = 120.0
@@ -84,27 +81,26 @@ class Variant(Protocol):
 
 
 class SparringGraph:
-    """sparring's compiled episode graph with the tic-tac-toe settings the tests use."""
+    """sparring's episode graph, played through an `Engine` with the tic-tac-toe settings the tests use."""
 
     name = "sparring graph"
 
     def __init__(self, base_url: str) -> None:
-        self.deps = EpisodeDeps(TicTacToe())
-        self.graph = build_graph(self.deps.env, self.deps)
-        self.config = EpisodeSettings(
+        self.settings = EpisodeSettings(
             policy_base_urls=[base_url], user_base_urls=[base_url], user_tool_choice="required"
         )
+        self.engine = Engine(self.settings, env="tictactoe")
 
     async def start(self) -> None:
-        """Clients open lazily on the first call."""
+        """The graph is built on the first episode, the clients open on the first call."""
 
     async def close(self) -> None:
         """Close the pooled HTTP sessions."""
-        await self.deps.clients.aclose()
+        await self.engine.aclose()
 
     async def play(self) -> dict[str, Any]:
-        """One episode through `run_episode`, record included (that is part of the per-episode work)."""
-        return await run_episode(self.graph, {}, self.config, env="tictactoe")
+        """One episode through `Engine.play`, record included (that is part of the per-episode work)."""
+        return await self.engine.play({})
 
 
 VARIANTS: dict[str, Callable[[str], Variant]] = {

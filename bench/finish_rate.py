@@ -28,13 +28,12 @@ from typing import Any
 
 import orjson
 
-from sparring.cli.options import add_episode_options, episode_config
+from sparring.cli.options import add_episode_options, settings_from_args
+from sparring.core.errors import UsageError
 from sparring.core.task import parse_task, read_tasks
-from sparring.engine.engine import run_episode
-from sparring.envs.registry import ENVIRONMENTS, get_environment
+from sparring.engine.engine import Engine
+from sparring.envs.registry import environment_names
 from sparring.envs.support_desk import task_rows
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
 
 SHIPPED_TASKS: dict[str, Callable[[], list[dict[str, Any]]]] = {"support-desk": task_rows}
 """Environments that ship their own tasks: an episode per task, in order, unless --input says otherwise."""
@@ -66,10 +65,7 @@ def load_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 async def play(args: argparse.Namespace) -> list[dict[str, Any]]:
     """`--episodes` episodes, `--concurrency` at a time, each line printed as it finishes."""
-    config = episode_config(args, args.env)
-    env = get_environment(args.env)
-    deps = EpisodeDeps(env)
-    graph = build_graph(env, deps)
+    engine = Engine(settings_from_args(args, args.env), env=args.env)
     tasks = load_tasks(args)
     slots = asyncio.Semaphore(args.concurrency)
     output = open(args.output, "ab") if args.output else None  # noqa: SIM115 - kept open across episodes
@@ -77,9 +73,7 @@ async def play(args: argparse.Namespace) -> list[dict[str, Any]]:
     async def one(index: int) -> dict[str, Any]:
         task_index = index % len(tasks)
         async with slots:
-            record = await run_episode(
-                graph, tasks[task_index], config, env=args.env, task_index=task_index, repeat_index=index // len(tasks)
-            )
+            record = await engine.play(tasks[task_index], task_index=task_index, repeat_index=index // len(tasks))
         if output:
             output.write(orjson.dumps(record) + b"\n")
             output.flush()
@@ -95,7 +89,7 @@ async def play(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         return list(await asyncio.gather(*(one(i) for i in range(args.episodes))))
     finally:
-        await deps.clients.aclose()
+        await engine.aclose()
         if output:
             output.close()
 
@@ -127,7 +121,7 @@ def _counts(values: Any) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="tictactoe", choices=sorted(ENVIRONMENTS))
+    parser.add_argument("--env", default="tictactoe", choices=environment_names())
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--input", metavar="FILE", help="JSONL tasks, cycled in order")
@@ -137,7 +131,10 @@ def main() -> None:
     if args.input and not Path(args.input).is_file():
         sys.exit(f"--input: no such file {args.input}")
     started = time.perf_counter()
-    records = asyncio.run(play(args))
+    try:
+        records = asyncio.run(play(args))
+    except UsageError as exc:  # no model server, a flag outside its rule: say which, as `sparring run` does
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     summarize(records, time.perf_counter() - started)
 
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import cProfile
 import gc
+import operator
 import pstats
 import statistics
 import sys
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -46,11 +47,12 @@ from langgraph.types import Command
 from sparring.core.record import build_record
 from sparring.core.settings import EpisodeSettings
 from sparring.core.state import EpisodeInput, EpisodeState
-from sparring.engine.engine import run_episode
-from sparring.envs.tictactoe import TicTacToe
+from sparring.engine.engine import Engine
+from sparring.envs.registry import get_environment
 from sparring.graphs.episode import (
+    NODE_OF_LABEL,
     RECURSION_LIMIT,
-    build_graph,
+    Route,
     route_after_policy,
     route_after_policy_tools,
     route_after_seed,
@@ -58,7 +60,7 @@ from sparring.graphs.episode import (
     route_after_user_tools,
 )
 from sparring.models.client import EndpointConfig, ModelClient
-from sparring.models.pool import ClientPool
+from sparring.models.pool import ClientPool, Role
 from sparring.nodes.deps import EpisodeDeps
 from sparring.nodes.policy import policy
 from sparring.nodes.seed import seed
@@ -106,11 +108,23 @@ class Pool(ClientPool):
         super().__init__()
         self.factory = factory
 
-    def _client(self, endpoint: EndpointConfig) -> ModelClient:
+    def _client(self, endpoint: EndpointConfig, role: Role) -> ModelClient:
         client = self._clients.get(endpoint)
         if client is None:
             client = self._clients[endpoint] = self.factory(endpoint)
+            self._roles[endpoint] = role
         return client
+
+
+class CommandRoutedEngine(Engine):
+    """An Engine whose graphs are `command_routed_graph`s: episodes played exactly as A's, only routed by Command."""
+
+    def _built(self, env: str) -> tuple[Any, EpisodeDeps]:
+        built = self._graphs.get(env)
+        if built is None:
+            deps = EpisodeDeps(get_environment(env), self.clients)
+            built = self._graphs[env] = (command_routed_graph(deps), deps)
+        return built
 
 
 @dataclass
@@ -126,8 +140,8 @@ class Recording:
 async def record_episode(config: EpisodeSettings) -> Recording:
     """Play one episode over HTTP, keeping what the replays need."""
     responses: dict[str, list[dict[str, Any]]] = {}
-    deps = EpisodeDeps(TicTacToe(), clients=Pool(lambda endpoint: RecordingClient(endpoint, responses)))
-    graph = build_graph(deps.env, deps)
+    engine = Engine(config, env="tictactoe", clients=Pool(lambda endpoint: RecordingClient(endpoint, responses)))
+    graph = engine.graph("tictactoe")
     updates: list[tuple[str, dict[str, Any]]] = []
     final: dict[str, Any] = {}
     graph_input = {"task": {}, "episode_id": "recorded"}
@@ -136,11 +150,11 @@ async def record_episode(config: EpisodeSettings) -> Recording:
             final = chunk
         else:
             updates += [(node, update or {}) for node, update in chunk.items()]
-    await deps.clients.aclose()
+    await engine.aclose()
     return Recording(responses, updates, final, final["num_policy_calls"] + final["num_user_calls"])
 
 
-ROUTES = {
+ROUTES: dict[str, Callable[[EpisodeState], str]] = {
     "seed": route_after_seed,
     "policy": route_after_policy,
     "policy_tools": route_after_policy_tools,
@@ -168,6 +182,8 @@ def replay_nodes_graph(recording: Recording, command: bool) -> Any:
             cursor[episode] = index + 1
             recorded_name, update = updates[index]
             assert recorded_name == name, (recorded_name, name)
+            if "episode_id" in update:  # the seed's: each replay keeps its own id (the cursor is keyed by it)
+                update = {**update, "episode_id": episode}
             if command:
                 following = updates[index + 1][0] if index + 1 < len(updates) else END
                 return Command(update=update, goto=following)
@@ -185,7 +201,10 @@ def replay_nodes_graph(recording: Recording, command: bool) -> Any:
     graph.add_edge(START, "seed")
     if not command:
         for name, route in ROUTES.items():
-            graph.add_conditional_edges(name, route)
+            labels = get_args(get_type_hints(route)["return"])
+            graph.add_conditional_edges(
+                name, Route(route), {label: NODE_OF_LABEL.get(label, label) for label in labels}
+            )
         graph.add_edge("verify", END)
     return graph.compile().with_config(recursion_limit=RECURSION_LIMIT)
 
@@ -199,7 +218,12 @@ _DESTINATIONS: dict[str, tuple[str, ...]] = {
     "user": ("user_tools", "policy", "verify"),
     "user_tools": ("verify", "user", "policy"),
 }
-_APPENDED = ("messages", "user_messages")
+_APPENDED = tuple(
+    key
+    for key, hint in get_type_hints(EpisodeState, include_extras=True).items()
+    if operator.add in getattr(hint, "__metadata__", ())
+)
+"""The state keys LangGraph appends to (their reducer is `operator.add`): a node's update extends them."""
 
 
 def command_routed_graph(deps: EpisodeDeps) -> Any:
@@ -225,7 +249,8 @@ def command_routed_graph(deps: EpisodeDeps) -> Any:
             for key in _APPENDED:
                 if key in update:
                     after[key] = [*state.get(key, ()), *update[key]]
-            return Command(update=update, goto=await route(after))
+            label = route(after)
+            return Command(update=update, goto=NODE_OF_LABEL.get(label, label))
 
         run.__name__ = name
         return run
@@ -293,46 +318,38 @@ async def by_subtraction(
     calls = recording.model_calls
 
     real = SparringGraph(base_url)
-    command_deps = EpisodeDeps(TicTacToe())
-    command_graph = command_routed_graph(command_deps)
-    replay_deps = EpisodeDeps(TicTacToe(), clients=Pool(lambda endpoint: ReplayClient(endpoint, recording.responses)))
-    replay_graph = build_graph(replay_deps.env, replay_deps)
+    command_routed = CommandRoutedEngine(config, env="tictactoe")
+    replaying = Engine(
+        config, env="tictactoe", clients=Pool(lambda endpoint: ReplayClient(endpoint, recording.responses))
+    )
     replayed = {command: replay_nodes_graph(recording, command) for command in (False, True)}
     counter = iter(range(10**9))
 
     def replay(command: bool) -> Callable[[], Awaitable[Any]]:
         return lambda: replayed[command].ainvoke({"task": {}, "episode_id": f"r{next(counter)}"}, context=config)
 
-    client = real.deps.clients.clients(real.config)[1]
+    client = real.engine.clients.clients(real.settings)[1]
     messages = [{"role": "system", "content": "You play O."}, {"role": "user", "content": "Your move."}]
-    tools = real.deps.wire_tools["user"]
+    tools = real.engine.deps("tictactoe").toolsets["user"].wire
     baseline = AiohttpLoop(base_url)
     await baseline.start()
-    body = {"model": "user", "messages": messages, "temperature": 0.7, "max_tokens": 256, "tools": tools}
+    sampling = {"temperature": 0.7, "max_tokens": 256}
+    body = {"model": "user", "messages": messages, **sampling, "tools": tools}
 
     cases = [
         Case("A. sparring graph over HTTP", real.play, calls),
         Case("A+gc. same, GC tuned (freeze + gen-0 threshold 20k)", real.play, calls, tuned_gc=True),
-        Case(
-            "A'. same nodes, Command routing (prototype)",
-            lambda: run_episode(command_graph, {}, config, env="tictactoe"),
-            calls,
-        ),
-        Case(
-            "A'+gc. Command routing and GC tuned",
-            lambda: run_episode(command_graph, {}, config, env="tictactoe"),
-            calls,
-            tuned_gc=True,
-        ),
-        Case(
-            "B. sparring graph, responses replayed (no HTTP, no JSON)",
-            lambda: run_episode(replay_graph, {}, config, env="tictactoe"),
-            calls,
-        ),
+        Case("A'. same nodes, Command routing (prototype)", lambda: command_routed.play({}), calls),
+        Case("A'+gc. Command routing and GC tuned", lambda: command_routed.play({}), calls, tuned_gc=True),
+        Case("B. sparring graph, responses replayed (no HTTP, no JSON)", lambda: replaying.play({}), calls),
         Case("C. LangGraph only: recorded updates, sparring's routing", replay(False), calls),
         Case("C'. LangGraph only, Command routing (no conditional edges)", replay(True), calls),
         # The HTTP client alone, sparring's and the bare loop's, on the same body: one "episode" is one call.
-        Case("E. sparring ModelClient.chat alone", lambda: client.chat(messages, episode_id="e", tools=tools), 1),
+        Case(
+            "E. sparring ModelClient.chat alone",
+            lambda: client.chat(messages, episode_id="e", sampling=sampling, tools=tools),
+            1,
+        ),
         Case("E'. aiohttp loop's _chat alone", lambda: baseline._chat(body, "e"), 1),
         Case("aiohttp loop, whole episodes (reference)", baseline.play, calls),
     ]
@@ -344,7 +361,7 @@ async def by_subtraction(
                 await case.sample(episodes, concurrency)
             print(f"  round {repeat + 1}/{repeats}: done", file=sys.stderr, flush=True)
     finally:
-        for closing in (real.close(), command_deps.clients.aclose(), baseline.close()):
+        for closing in (real.close(), command_routed.aclose(), replaying.aclose(), baseline.close()):
             await closing
     return cases, recording, record_ms_per_call(recording)
 

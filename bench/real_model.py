@@ -22,10 +22,8 @@ from dataclasses import replace
 from typing import Any
 
 from sparring.core.settings import EpisodeSettings
-from sparring.engine.engine import run_episode
-from sparring.envs.tictactoe import TicTacToe
-from sparring.graphs.episode import build_graph
-from sparring.nodes.deps import EpisodeDeps
+from sparring.engine.engine import Engine
+from sparring.engine.settings import default_settings
 
 CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
 
@@ -42,14 +40,14 @@ def prefix_cache_counters(root_url: str) -> dict[str, float]:
     return totals
 
 
-async def play_mode(graph: Any, config: EpisodeSettings, episodes: int, root_url: str) -> list[dict[str, Any]]:
+async def play_mode(engine: Engine, settings: EpisodeSettings, episodes: int, root_url: str) -> list[dict[str, Any]]:
     """One warm-up episode, then `episodes` measured ones; each row gets our CPU time."""
-    await run_episode(graph, {}, config, env="tictactoe")
+    await engine.play({}, settings=settings)
     before = prefix_cache_counters(root_url)
     rows = []
     for _ in range(episodes):
         cpu = time.process_time()
-        record = await run_episode(graph, {}, config, env="tictactoe")
+        record = await engine.play({}, settings=settings)
         record["cpu_s"] = time.process_time() - cpu
         rows.append(record)
     after = prefix_cache_counters(root_url)
@@ -102,10 +100,8 @@ async def main() -> None:
         if local is None:
             raise SystemExit("no local model server: run `.venv/bin/sparring models up` or pass --base-url")
         base_url, model, tokenizer = local["base_url"], local["model"], args.tokenizer or local["model_path"]
-    deps = EpisodeDeps(TicTacToe())
-    graph = build_graph(deps.env, deps)
-    config = EpisodeSettings(
-        **deps.env.settings,
+    config = replace(
+        default_settings("tictactoe"),
         policy_base_urls=[base_url],
         user_base_urls=[base_url],
         policy_model=model,
@@ -118,9 +114,12 @@ async def main() -> None:
     )
     root_url = base_url.removesuffix("/v1")
     print(f"server {base_url}, model {model}, {args.episodes} episodes per mode, max_turns {args.max_turns}")
-    for mode in ("chat", "tito"):
-        report(mode, await play_mode(graph, replace(config, token_mode=mode), args.episodes, root_url))
-    await deps.clients.aclose()
+    engine = Engine(config, env="tictactoe")
+    try:
+        for mode in ("chat", "tito"):
+            report(mode, await play_mode(engine, replace(config, token_mode=mode), args.episodes, root_url))
+    finally:
+        await engine.aclose()
 
 
 if __name__ == "__main__":

@@ -78,9 +78,10 @@ async def one_run(episodes: int, latency: float, timeout_s: float) -> dict[str, 
             max_connections=episodes,
             request_timeout_s=max(60.0, 6 * latency),
         )
-        runner = BatchRunner(Engine(config), concurrency=episodes)
+        engine = Engine(config, env="tictactoe")
+        engine.graph("tictactoe")  # built before the clock starts
+        runner = BatchRunner(engine, concurrency=episodes)
         items = [BatchItem(task_index=i, repeat_index=0, task={}, env="tictactoe") for i in range(episodes)]
-        runner.graph_for("tictactoe")
         tune_gc_for_rollouts()
         rss0 = rss_mb()
         peak_fds = open_fds()
