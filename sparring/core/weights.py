@@ -3,7 +3,7 @@ client that asks the service for it (client.py), so the two cannot drift apart."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 PauseMode = Literal["keep", "wait", "abort"]
@@ -23,15 +23,7 @@ class StepReport:
     taken_out: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "version": self.version,
-            "adapter": self.adapter,
-            "paused": self.paused,
-            "mode": self.mode,
-            "replicas": dict(self.replicas),
-            "taken_out": dict(self.taken_out),
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +39,7 @@ class ReplicaWeights:
     error: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "in_rotation": self.in_rotation,
-            "out_reason": self.out_reason,
-            "version": self.version,
-            "paused": self.paused,
-            "error": self.error,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +57,4 @@ class WeightsInfo:
     replicas: list[ReplicaWeights] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "adapter": self.adapter,
-            "paused": self.paused,
-            "mode": self.mode,
-            "paused_for_s": self.paused_for_s,
-            "pause_timeout_s": self.pause_timeout_s,
-            "auto_resumes": self.auto_resumes,
-            "replicas": [replica.to_dict() for replica in self.replicas],
-        }
+        return asdict(self)
