@@ -33,7 +33,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -48,9 +48,11 @@ from sparring.core.errors import (
     WeightSyncFailed,
     WeightUpdateRefused,
 )
+from sparring.core.weights import PauseMode, ReplicaWeights
+from sparring.core.weights import StepReport as WeightStep
+from sparring.core.weights import WeightsInfo as WeightsState
 
 Record = dict[str, Any]
-PauseMode = Literal["keep", "wait", "abort"]
 T = TypeVar("T")
 
 
@@ -63,45 +65,6 @@ class BatchSummary:
     stop_reasons: dict[str, int]
     mean_reward: float | None
     wall_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class WeightStep:
-    """What a pause, update or resume did: the state after it, each replica's outcome, what it took out."""
-
-    step: Literal["pause", "update", "resume"]
-    version: str | None
-    adapter: str | None
-    paused: bool
-    mode: PauseMode | None
-    replicas: dict[str, str]
-    taken_out: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaWeights:
-    """One policy replica: in rotation or not (and why), and its own version and pause as it says."""
-
-    url: str
-    in_rotation: bool
-    out_reason: str | None
-    version: str | None
-    paused: bool | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class WeightsState:
-    """`GET /v1/weights`: the version the service was last told, the adapter policy calls go to, the pause."""
-
-    version: str | None
-    adapter: str | None
-    paused: bool
-    mode: PauseMode | None
-    paused_for_s: float | None
-    pause_timeout_s: float | None
-    auto_resumes: int
-    replicas: list[ReplicaWeights]
 
 
 @dataclass(frozen=True, slots=True)

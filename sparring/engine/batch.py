@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from sparring.core.ids import new_episode_id
 from sparring.core.record import aborted_record
+from sparring.core.waiters import Waiters
 from sparring.engine.engine import Engine, EngineStats
 
 INTERRUPTED = "interrupted"
@@ -288,32 +289,19 @@ class _Cap:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = Waiters()
 
     async def acquire(self) -> None:
-        while self.held >= self.limit:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+        await self._waiters.until(lambda: self.held < self.limit)
         self.held += 1
 
     def release(self) -> None:
         self.held -= 1
-        self._wake()
+        self._waiters.wake_all()
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake_all()
 
 
 async def drain(records: asyncio.Queue[dict[str, Any] | None], producers: int) -> AsyncIterator[dict[str, Any]]:

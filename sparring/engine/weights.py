@@ -50,7 +50,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -58,13 +58,13 @@ import orjson
 
 from sparring.core.errors import UsageError, WeightSyncFailed, WeightUpdateRefused
 from sparring.core.settings import EpisodeSettings
+from sparring.core.weights import PauseMode, ReplicaWeights, StepReport, WeightsInfo
 from sparring.models.generation import GenerationControl
 from sparring.models.pool import ClientPool
 from sparring.models.transport import Transport, server_root
 
 log = logging.getLogger("sparring.weights")
 
-PauseMode = Literal["keep", "wait", "abort"]
 MIN_PAUSE_TIMEOUT_S = 1.0
 """A shorter pause could not outlast the requests that make it (and bounds a wait-mode pause's wait)."""
 PAUSE_MODES: tuple[PauseMode, ...] = ("keep", "wait", "abort")
@@ -106,81 +106,6 @@ class WeightOptions:
         for root in self.adapter_roots or ():
             if adapter_path_problem(root) is not None:
                 raise UsageError(f"adapter folder {root!r}: {adapter_path_problem(root)}")
-
-
-@dataclass(frozen=True, slots=True)
-class StepReport:
-    """What one step did: the state after it, each replica's outcome ("ok" or what failed), and the
-    replicas it took out of rotation (and why)."""
-
-    step: Literal["pause", "update", "resume"]
-    version: str | None
-    adapter: str | None
-    paused: bool
-    mode: PauseMode | None
-    replicas: dict[str, str]
-    taken_out: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "version": self.version,
-            "adapter": self.adapter,
-            "paused": self.paused,
-            "mode": self.mode,
-            "replicas": dict(self.replicas),
-            "taken_out": dict(self.taken_out),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaWeights:
-    """One replica as sparring and the server see it: in rotation or not (and why), and what the server
-    says of its version and pause (None, with `error`, when it did not say)."""
-
-    url: str
-    in_rotation: bool
-    out_reason: str | None
-    version: str | None
-    paused: bool | None
-    error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "in_rotation": self.in_rotation,
-            "out_reason": self.out_reason,
-            "version": self.version,
-            "paused": self.paused,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class WeightsInfo:
-    """The current version sparring was told (None: never), the adapter policy calls go to, whether
-    generation is paused (and how, for how long, until when), and each replica."""
-
-    version: str | None
-    adapter: str | None
-    paused: bool
-    mode: PauseMode | None
-    paused_for_s: float | None
-    pause_timeout_s: float | None
-    auto_resumes: int
-    replicas: list[ReplicaWeights] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "adapter": self.adapter,
-            "paused": self.paused,
-            "mode": self.mode,
-            "paused_for_s": self.paused_for_s,
-            "pause_timeout_s": self.pause_timeout_s,
-            "auto_resumes": self.auto_resumes,
-            "replicas": [replica.to_dict() for replica in self.replicas],
-        }
 
 
 def version_problem(new: str, current: str | None, used: Iterable[str]) -> str | None:

@@ -9,7 +9,7 @@ loop they run on, so several event loops (a CLI run, a test, a server) can share
 
 from __future__ import annotations
 
-import asyncio
+from sparring.core.waiters import Waiters
 
 
 class GenerationControl:
@@ -21,18 +21,11 @@ class GenerationControl:
         """The LoRA adapter policy calls go to (its name, as the server serves it); None: the endpoint's model."""
         self.version: str | None = None
         """The weight version sparring was last told (`update`); None: never told."""
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = Waiters()
 
     async def wait_open(self) -> None:
         """Return at once when open, else when `open()` is called (cancellation leaves no trace)."""
-        while not self.is_open:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+        await self._waiters.until(lambda: self.is_open)
 
     def close(self) -> None:
         """New policy calls wait from now on."""
@@ -41,17 +34,9 @@ class GenerationControl:
     def open(self) -> None:
         """Waiting policy calls go on."""
         self.is_open = True
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.get_loop().call_soon_threadsafe(_release, waiter)
+        self._waiters.wake_all(threadsafe=True)
 
     @property
     def waiting(self) -> int:
         """Policy calls waiting right now."""
         return len(self._waiters)
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
