@@ -185,7 +185,21 @@ def test_export_checks_the_bound_and_the_weight_versions_it_reads(tmp_path: Path
 def test_the_setting_has_a_rule_a_flag_and_a_place_in_studios_form() -> None:
     with pytest.raises(SettingsError, match="max_staleness: must be at least 0"):
         EpisodeSettings(max_staleness=-1)
-    args = make_parser().parse_args(["collect", "--input", "x", "--output", "y", "--max-staleness", "-2"])
+    args = make_parser().parse_args(
+        [
+            "collect",
+            "--input",
+            "x",
+            "--output",
+            "y",
+            "--max-staleness",
+            "-2",
+            "--policy-base-url",
+            "http://h/v1",
+            "--user-base-url",
+            "http://h/v1",
+        ]
+    )
     with pytest.raises(UsageError, match="--max-staleness: must be at least 0, got -2"):
         settings_from_args(args, "tictactoe")
     args = make_parser().parse_args(["run", "--max-staleness", "3", "--policy-base-url", "http://h/v1"])
