@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -17,6 +17,15 @@ from sparring.testing import FakeModelServer
 # Tests that import a framework live in that framework's own venv (scripts/test.sh runs them there with its marker).
 _OWN_VENV = {"openenv": "test_envserve.py", "verl": "test_integration_verl.py", "nemo_gym": "test_nemo_gym_types.py"}
 collect_ignore = [test for module, test in _OWN_VENV.items() if importlib.util.find_spec(module) is None]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_local_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty `sparring models up` state: endpoints a developer's running servers would supply (and a fresh
+    CI machine has none of) never reach the tests; tests that start servers name them or set their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPARRING_STATE_DIR", str(tmp_path_factory.mktemp("sparring-state")))
+        yield
 
 
 class Harness:
