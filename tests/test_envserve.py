@@ -24,6 +24,7 @@ from openenv.core.env_server.mcp_types import CallToolAction, ListToolsAction
 from openenv.core.harness import MCPHarnessAdapter, ModelStepResult, build_harness_rollout_func
 from openenv.core.llm_client import LLMResponse, ToolCall
 from openenv.core.mcp_client import MCPToolClient
+from openenv_harness import ROOT, Process
 
 from sparring import Engine, EpisodeSettings
 from sparring.core.task import parse_task
@@ -32,7 +33,6 @@ from sparring.envs.openenv import OpenEnv
 from sparring.envserve.harness import SparringSessionFactory
 from sparring.envserve.server import TicTacToeEnvironment, build_app
 from sparring.testing import Call, FakeModelServer, Say, Script, TicTacToePlayer
-from tests.openenv_harness import ROOT, Process
 
 pytestmark = pytest.mark.openenv
 O_LAST = (0, 1, 3, 5, 7)

@@ -15,12 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from openenv_harness import Process, openenv_server
 
 from sparring import Engine, EpisodeSettings
 from sparring.core.task import parse_task
 from sparring.envs.openenv import OpenEnv, OpenEnvServerError, action_tool, mcp_tools, read_observation
 from sparring.testing import Call, FakeModelServer, ModelRequest, Say, Script
-from tests.openenv_harness import Process, openenv_server
 
 STOP = Script([Say("###STOP###")])
 
