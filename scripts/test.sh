@@ -3,7 +3,7 @@
 # build serving the embedded default model). The first full run installs vLLM and converts the model
 # (about 10 minutes).
 #
-#   scripts/test.sh          # everything; this is what CI runs
+#   scripts/test.sh          # everything; this is what CI runs (with TRL's GRPO on the default model)
 #   scripts/test.sh --fast   # lint, the fast suite and the OpenEnv suite (no vLLM)
 #
 # openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
@@ -71,6 +71,11 @@ SPARRING_REQUIRE_OPENENV=1 run_pytest -q  # the --env openenv tests fail, not sk
 echo "[test] OpenEnv suite (in .venv-openenv)"
 VENV=.venv-openenv run_pytest -q -m openenv
 if [[ $fast == 0 ]]; then
+    # install.sh puts the trl extra (TRL, peft) beside vLLM, so the trainer bridges' tests run here.
+    echo "[test] trainer suite (TRL's real GRPOTrainer on a tiny model, scripted server)"
+    run_pytest -q -m "trainers and not vllm"
+    # Includes tests/vllm/test_vllm_grpo.py (also marked `trainers`): 2 GRPO steps on the default model with the
+    # adapter hot-loaded into this suite's one vLLM server, and notebook 05 in its short form.
     echo "[test] real-model suite (vLLM CPU, default model)"
     run_pytest -q -m vllm
 fi

@@ -68,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     up.add_argument("--chat-template", default=None, help="Jinja file to use instead of the model's template")
     up.add_argument("--kv-cache-gib", type=int, default=local.DEFAULT_KV_CACHE_GIB, help="CPU KV-cache size")
     up.add_argument("--extra-args", default="", help='more vLLM arguments, quoted: --extra-args "--seed 1"')
+    up.add_argument(
+        "--lora",
+        type=int,
+        default=None,
+        metavar="RANK",
+        help="serve LoRA adapters up to this rank, loaded at run time, with the pause/resume/weight-version "
+        f"endpoints of weight sync (for a trainer pushing adapters; {local.LORA_SLOTS} resident at once)",
+    )
     up.add_argument("--python", default=None, help="interpreter that has vLLM (default: this one)")
     up.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if nvidia-smi exists")
     up.add_argument("--timeout", type=float, default=local.START_TIMEOUT_S, help="seconds to wait for health")
@@ -92,6 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         python=args.python,
         device=args.device,
         timeout_s=args.timeout,
+        lora_rank=args.lora,
     )
     try:
         local.up(

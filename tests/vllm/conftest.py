@@ -1,7 +1,9 @@
 """One real vLLM server with the default model for the whole `-m vllm` session.
 
 Started through `sparring.models.local` on a free port (never the user's recorded servers), so the
-launcher itself is exercised; stopped at the end of the session. `SPARRING_VLLM_PYTHON` names an
+launcher itself is exercised; stopped at the end of the session. It serves LoRA adapters loaded at run
+time, with the weight-sync endpoints (`ServerOptions(lora_rank=...)`), for the GRPO test: one server
+for the whole suite, never a second one. `SPARRING_VLLM_PYTHON` names an
 interpreter that has vLLM when the test environment itself does not.
 """
 
@@ -15,6 +17,9 @@ import pytest
 
 from sparring.models.local import ROLES, ServerOptions, ServerRecord, free_port, start_server, stop_server
 
+LORA_RANK = 8
+"""The largest LoRA rank the session's server takes (the GRPO test trains rank 8)."""
+
 
 def _progress(message: str, *, transient: bool = False) -> None:
     if not transient:
@@ -24,7 +29,7 @@ def _progress(message: str, *, transient: bool = False) -> None:
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[ServerRecord]:
     """The running server: `.base_url` (ends in /v1), `.model` (served name), `.model_path` (tokenizer folder)."""
-    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"))
+    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"), lora_rank=LORA_RANK)
     record = start_server(None, ROLES, free_port(), options, _progress)
     try:
         yield record
