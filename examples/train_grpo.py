@@ -1,6 +1,6 @@
 """Train the default model with TRL's GRPOTrainer on episodes sparring plays on vLLM's CPU build.
 
-    .venv/bin/python examples/train_grpo.py --out runs/grpo            # the run in docs/trainers.md (~1-1.5 h)
+    .venv/bin/python examples/train_grpo.py --out runs/grpo            # the run in docs/trainers.md
     .venv/bin/python examples/train_grpo.py --out runs/short --steps 2 --groups 1 --generations 2 \\
         --eval-positions 4                                               # the mechanics, a few minutes
 
@@ -61,15 +61,17 @@ class RunConfig:
     steps: int = 20
     groups: int = 2
     """Positions per optimizer step."""
-    generations: int = 8
+    generations: int = 4
     """Episodes per position: one GRPO group."""
-    micro_batch: int = 4
-    learning_rate: float = 2e-5
+    micro_batch: int = 1
+    """Rows per forward/backward: 1 keeps the trainer near 3 GB (4 rows reached 5.5 GB, and beside other vLLM
+    servers on a 24 GiB machine the kernel's OOM killer ended it)."""
+    learning_rate: float = 2e-4
     lora_rank: int = 16
     lora_targets: tuple[str, ...] = tuple(LORA_TARGETS)
     policy_max_tokens: int = 48
     temperature: float = 1.0
-    eval_positions: int = 96
+    eval_positions: int = 64
     eval_repeats: int = 1
     concurrency: int = 16
     ahead: int = 0
