@@ -287,10 +287,14 @@ def train(
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started = time.perf_counter()
 
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            """TRL logs a step's loss after its step has ended."""
+            if logs and "loss" in logs and steps and steps[-1]["step"] == state.global_step:
+                steps[-1]["loss"] = float(logs["loss"])
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             log = rollout.history[-1]
             total = time.perf_counter() - self.started
-            losses = [e["loss"] for e in state.log_history if "loss" in e and e.get("step") == state.global_step]
             row = {
                 "step": state.global_step,
                 "version": log.version,
@@ -302,7 +306,6 @@ def train(
                 "rollout_s": round(log.rollout_s, 3),
                 "train_s": round(total - log.wait_s - log.push_s, 3),
                 "step_s": round(total, 3),
-                "loss": losses[-1] if losses else None,
             }
             steps.append(row)
             with (out / "steps.jsonl").open("a") as handle:
@@ -334,6 +337,7 @@ def train(
     (out / "steps.jsonl").unlink(missing_ok=True)
     try:
         trainer.train()
+        (out / "steps.jsonl").write_text("".join(json.dumps(row) + "\n" for row in steps))  # with the losses
         rollout.push(trainer)  # the last step's adapter, for the evaluation
         adapter = rollout.run(engine.weights.info()).adapter
     finally:
