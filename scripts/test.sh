@@ -3,7 +3,7 @@
 # NeMo Gym in venvs of their own), then the real-model suite (vLLM's CPU build serving the embedded
 # default model). The first full run installs vLLM, the side venvs and converts the model.
 #
-#   scripts/test.sh          # everything; this is what CI runs
+#   scripts/test.sh          # everything; this is what CI runs (with 2 steps of TRL's GRPO on the default model)
 #   scripts/test.sh --fast   # ruff, layers, the fast suite and the OpenEnv suite (no vLLM, no types, no trainer venvs)
 #
 # openenv (the `openenv` extra) cannot share a venv with vLLM (openenv 0.10 pins fastmcp<4, hence
@@ -127,14 +127,17 @@ SPARRING_REQUIRE_OPENENV=1 run_pytest -q  # the --env openenv tests fail, not sk
 echo "[test] OpenEnv suite (in .venv-openenv)"
 VENV=.venv-openenv run_pytest -q -m openenv
 if [[ $fast == 0 ]]; then
-    echo "[test] TRL suite (GRPOTrainer on sparring's episodes, in .venv)"
-    run_pytest -q -m trainers
+    # install.sh puts the trl extra (TRL, peft) beside vLLM, so the trainer bridges' tests run here.
+    echo "[test] TRL suite (TRL's real GRPOTrainer on a tiny model, scripted server)"
+    run_pytest -q -m "trainers and not vllm"
     echo "[test] verl suite (in .venv-verl)"
     wait_for 0
     VENV=.venv-verl run_pytest -q -m verl tests/test_integration_verl.py
     echo "[test] NeMo Gym types suite (in .venv-nemo-gym)"
     wait_for 1
     VENV=.venv-nemo-gym run_pytest -q -m nemo_gym tests/test_nemo_gym_types.py
+    # Includes tests/vllm/test_vllm_grpo.py (also marked `trainers`): 2 GRPO steps on the default model with the
+    # adapter hot-loaded into this suite's one vLLM server, and notebook 05 in its short form.
     echo "[test] real-model suite (vLLM CPU, default model)"
     run_pytest -q -m vllm
 fi

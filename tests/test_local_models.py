@@ -226,6 +226,19 @@ def test_cpu_command_and_env(model_dir: Path) -> None:
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env or os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
     assert env["HF_HUB_OFFLINE"] == os.environ.get("HF_HUB_OFFLINE", "1")
     assert "VLLM_CPU_OMP_THREADS_BIND" in env
+    assert "--enable-lora" not in cmd, "runtime adapters only with --lora"
+
+
+def test_lora_command_and_env(model_dir: Path) -> None:
+    """Adapters at run time need both the flags and the environment (weight sync also needs the dev endpoints)."""
+    cmd = local.server_command(
+        str(model_dir), ["tiny"], 8123, device="cpu", python="py", lora=True, max_lora_rank=16, max_loras=3
+    )
+    assert cmd[cmd.index("--enable-lora") :][:5] == ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "3"]
+    env = local.server_env(str(model_dir), device="cpu", lora=True)
+    assert (env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"], env["VLLM_SERVER_DEV_MODE"]) == ("True", "1")
+    with pytest.raises(SparringModelError, match="LoRA rank 12 is not one vLLM serves"):
+        local.ServerOptions(lora=True, max_lora_rank=12)
 
 
 def test_busy_lock_times_out_instead_of_hanging(tmp_path: Path) -> None:

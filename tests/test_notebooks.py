@@ -17,7 +17,10 @@ from sparring.views.html import rollout_page
 from sparring.views.show import token_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TRAINING = ("05-train-with-trl.ipynb",)
+"""Notebooks that need vLLM and a trainer: tests/vllm/test_vllm_grpo.py runs them in their short form."""
+NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.name not in TRAINING]
 ENDPOINT_VARIABLES = (
     "SPARRING_NOTEBOOK_MODEL",
     "SPARRING_POLICY_BASE_URL",
@@ -41,7 +44,8 @@ def kernel_of_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     return KERNEL
 
 
-def test_there_are_four_notebooks() -> None:
+def test_there_are_five_notebooks_four_on_the_scripted_server() -> None:
+    assert [p.name.split("-")[0] for p in ALL_NOTEBOOKS] == ["01", "02", "03", "04", "05"]
     assert [p.name.split("-")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
 
 
@@ -58,7 +62,7 @@ def test_notebook_runs(path: Path, kernel_of_this_python: str) -> None:
     assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stripped_and_says_how_to_use_the_real_model(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
@@ -71,6 +75,8 @@ def test_notebook_is_stripped_and_says_how_to_use_the_real_model(path: Path) -> 
     assert set(notebook.metadata) <= {"kernelspec", "language_info"}
     top = "".join(cell.source for cell in notebook.cells[:3])
     assert "SPARRING_NOTEBOOK_MODEL=real" in top and "sparring models up" in top
+    if path.name in TRAINING:
+        assert "SPARRING_GRPO_SHORT=1" in top, "a training notebook says how CI runs its short form"
 
 
 def test_real_model_is_chosen_by_variable(monkeypatch: pytest.MonkeyPatch) -> None:

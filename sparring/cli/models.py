@@ -87,7 +87,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         action="store_true",
         help="serve runtime LoRA adapters (the weight sync loads them: engine.weights / POST /v1/weights/update)",
     )
-    up.add_argument("--max-lora-rank", type=positive, default=local.DEFAULT_MAX_LORA_RANK, help="with --lora")
+    up.add_argument(
+        "--max-lora-rank",
+        type=int,
+        choices=local.LORA_RANKS,
+        default=local.DEFAULT_MAX_LORA_RANK,
+        help="with --lora",
+    )
     up.add_argument(
         "--max-loras", type=positive, default=local.DEFAULT_MAX_LORAS, help="adapters per batch, with --lora"
     )

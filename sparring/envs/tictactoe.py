@@ -12,6 +12,7 @@ ends without a move the environment plays one for it, so the policy always gets 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -301,3 +302,77 @@ def _board_json(state: dict[str, Any], **extra: Any) -> str:
 def _error(state: dict[str, Any], message: str) -> ToolResult:
     """An illegal call: the actor sees why, and the board as it still is."""
     return ToolResult(content=_board_json(state, error=message), state=state, is_error=True)
+
+
+# -- "win in one" positions: a task set where one decision decides the reward ------------------------------
+
+WIN_IN_ONE_OPENING = "We are in the middle of a game of tic-tac-toe. You are X and it is your move."
+SYMMETRIES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(3 * r + c for r, c in (transform(i // 3, i % 3) for i in range(9)))
+    for transform in (
+        lambda r, c: (r, c),
+        lambda r, c: (c, 2 - r),
+        lambda r, c: (2 - r, 2 - c),
+        lambda r, c: (2 - c, r),
+        lambda r, c: (r, 2 - c),
+        lambda r, c: (2 - r, c),
+        lambda r, c: (c, r),
+        lambda r, c: (2 - c, 2 - r),
+    )
+)
+"""The 8 rotations and reflections of the board, each as the cell every cell moves to."""
+
+
+def winning_cells(board: Sequence[str | None], mark: str) -> list[int]:
+    """The free cells where `mark` would complete a line."""
+    return [
+        cell
+        for cell in range(9)
+        if board[cell] is None
+        and any(cell in line and all(board[o] == mark for o in line if o != cell) for line in LINES)
+    ]
+
+
+def symmetry_class(board: Sequence[str | None]) -> str:
+    """The same string for a board and its 7 rotations and reflections (a split by it keeps mirrors together)."""
+    forms = []
+    for moved in SYMMETRIES:
+        image: list[str | None] = [None] * 9
+        for cell, mark in enumerate(board):
+            image[moved[cell]] = mark
+        forms.append("".join(mark or "." for mark in image))
+    return min(forms)
+
+
+def win_in_one_tasks() -> list[dict[str, Any]]:
+    """Every position X reaches with 2 or 3 marks each, no line yet, and exactly one winning cell, as tasks of one
+    move (`max_turns` 1, one step): the reward is 1 when X takes that cell, else 0.
+
+    Ids are `w1-<board>` (`.` for free cells); `env_seed.symmetry_class` lets a split keep mirror images together.
+    """
+    tasks = []
+    for x_count in (2, 3):
+        for cells in itertools.combinations(range(9), 2 * x_count):
+            for xs in itertools.combinations(cells, x_count):
+                board: list[str | None] = [None] * 9
+                for cell in cells:
+                    board[cell] = "X" if cell in xs else "O"
+                if any(all(board[c] == m for c in line) for line in LINES for m in "XO"):
+                    continue
+                if len(winning_cells(board, "X")) != 1:
+                    continue
+                os_ = [c for c in cells if c not in xs]
+                order = [cell for pair in zip(xs, os_, strict=True) for cell in pair]  # X, O, X, O, ...
+                moves = [{"position": cell, "mark": board[cell]} for cell in order]
+                tasks.append(
+                    {
+                        "id": "w1-" + "".join(mark or "." for mark in board),
+                        "env_seed": {"initial_moves": moves, "symmetry_class": symmetry_class(board)},
+                        "limits": {"max_turns": 1, "max_steps_per_turn": 1},
+                        "messages": [
+                            {"role": "system", "content": POLICY_PROMPT},
+                            {"role": "user", "content": WIN_IN_ONE_OPENING},
+                        ],
+                    }
+                )
+    return tasks

@@ -235,10 +235,9 @@ class SparringRollout:
             raise UsageError("SparringRollout pushes weights from one process; run the trainer in a single process")
         step = int(trainer.state.global_step)
         log = StepLog(step=step, version=None, episodes=len(prompts))
-        if self.weights is not None and step != self.step:
-            started = time.perf_counter()
-            self._push(trainer, step)
-            log.push_s = time.perf_counter() - started
+        started = time.perf_counter()
+        self.push(trainer)
+        log.push_s = time.perf_counter() - started
         trained_at = None if self.first_version is None else self.version_of(step)
         log.version = None if trained_at is None else str(trained_at)
 
@@ -263,6 +262,24 @@ class SparringRollout:
         log.staleness = [s for s in rows["sparring_staleness"] if s is not None]
         self.history.append(log)
         return rows
+
+    def push(self, trainer: Any) -> int | None:
+        """Make the trainer's current weights the policy's, unless the servers have them already; their version.
+
+        `__call__` does this before each step's episodes; after `trainer.train()` call it once more to serve
+        the final adapter (the last optimizer step's, which no episode has sampled yet). None: no weight push.
+        """
+        if self.weights is None:
+            return None
+        step = int(trainer.state.global_step)
+        if step != self.step:
+            self._push(trainer, step)
+        return self.version_of(step)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the bridge's event loop, where the engine's HTTP sessions live (e.g.
+        `rollout.run(engine.weights.info())`)."""
+        return self._loop.run(coro)
 
     def close(self) -> None:
         """End the episodes started ahead, close the engine's (or client's) HTTP sessions, which live on the

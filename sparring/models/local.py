@@ -53,6 +53,8 @@ CPU_BLOCK_SIZE = 32
 start-up). Measured on 5-turn tic-tac-toe (docs/async-rl.md): the policy's prefix-cache hit rate 85% at
 32 against 81% at 128, because a call's new tail only reuses whole blocks."""
 DEFAULT_MAX_LORA_RANK = 16
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ranks vLLM 0.32 accepts for --max-lora-rank."""
 DEFAULT_MAX_LORAS = 2
 """Adapters in one batch: 2, so during a LoRA update calls on the old and the new adapter run side by
 side (with 1, a call on the new one waits until no running call uses the old)."""
@@ -119,6 +121,14 @@ class ServerOptions:
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     max_loras: int = DEFAULT_MAX_LORAS
     block_size: int | None = None  # None: CPU_BLOCK_SIZE on CPU, vLLM's own on GPU
+
+    def __post_init__(self) -> None:
+        if self.max_lora_rank not in LORA_RANKS:
+            raise SparringModelError(
+                f"LoRA rank {self.max_lora_rank} is not one vLLM serves: one of {list(LORA_RANKS)}"
+            )
+        if self.max_loras < 1:
+            raise SparringModelError(f"max_loras must be at least 1, got {self.max_loras}")
 
 
 @dataclass

@@ -17,6 +17,9 @@ import pytest
 
 from sparring.models.local import ROLES, ServerOptions, ServerRecord, free_port, start_server, stop_server
 
+LORA_RANK = 8
+"""The largest LoRA rank the session's server takes (the GRPO test trains rank 8)."""
+
 
 def _progress(message: str, *, transient: bool = False) -> None:
     if not transient:
@@ -26,7 +29,7 @@ def _progress(message: str, *, transient: bool = False) -> None:
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[ServerRecord]:
     """The running server: `.base_url` (ends in /v1), `.model` (served name), `.model_path` (tokenizer folder)."""
-    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"), lora=True, max_lora_rank=8)
+    options = ServerOptions(python=os.environ.get("SPARRING_VLLM_PYTHON"), lora=True, max_lora_rank=LORA_RANK)
     record = start_server(None, ROLES, free_port(), options, _progress)
     try:
         yield record
