@@ -311,6 +311,63 @@ def test_least_loaded_weighs_pinned_episodes_and_the_servers_own_queue() -> None
     assert replicas.pick_least_loaded("n3") == "http://a/v1"
 
 
+def test_least_loaded_counts_the_servers_queue_once_and_only_while_it_is_there() -> None:
+    now = [100.0]
+    a, b = "http://a/v1", "http://b/v1"
+    replicas = ReplicaSet((a, b), clock=lambda: now[0], load_max_age_s=5)
+    replicas.take_out(b, "for the set-up")
+    for key in ("a1", "a2", "a3", "a4"):
+        replicas.started(replicas.pick_least_loaded(key))
+    replicas.put_back(b)
+    for key in ("b1", "b2"):
+        replicas.started(replicas.pick_least_loaded(key))
+    assert [replicas.pick_least_loaded(k) for k in ("a1", "a2", "a3", "a4", "b1", "b2")] == [a] * 4 + [b] * 2
+    # a's metrics count its 4 requests, all this client's: 2 running, 2 queued. They count once, not 4 + 2.
+    replicas.report_load(a, ServerLoad(running=2, waiting=2, kv_cache_usage=0.1, at=now[0]))
+    replicas.report_load(b, ServerLoad(running=2, waiting=0, kv_cache_usage=0.0, at=now[0]))
+    assert (replicas.load(a), replicas.load(b)) == (4.0, 2.0)
+    for key in ("a1", "a2", "a3", "a4"):  # a's episodes end before its metrics are read again
+        replicas.finished(a, ok=True)
+        replicas.release(key)
+    assert replicas.load(a) == 0.0, "requests that finished since the reading are not counted"
+    assert replicas.pick_least_loaded("new") == a
+    # another client's requests on b (the server counts 5, this client has 2 of them) do count
+    replicas.report_load(b, ServerLoad(running=2, waiting=3, kv_cache_usage=0.0, at=now[0]))
+    assert replicas.load(b) == 2.0 + 3.0
+
+
+async def test_new_episodes_go_to_the_replica_with_fewer_in_flight_then_stick() -> None:
+    """Replica x holds a long episode (its gate stays shut); every episode that starts meanwhile goes to the other."""
+    gates = [TokenGate(), TokenGate()]
+    async with (
+        servers(token_gate=gates[0]) as [first],
+        servers(token_gate=gates[1]) as [second],
+        servers() as [user],
+        engine_on([first, second], user=user) as engine,
+    ):
+        by_gate = dict(zip((first, second), gates, strict=True))
+
+        def running() -> int:
+            return len(first.engine.running) + len(second.engine.running)
+
+        long = asyncio.create_task(engine.play({}, episode_id="long"))
+        await asyncio.wait_for(_until(lambda: running() == 1), HANG_UP)
+        x, y = (first, second) if first.engine.running else (second, first)
+        second_long = asyncio.create_task(engine.play({}, episode_id="other"))
+        await asyncio.wait_for(_until(lambda: running() == 2), HANG_UP)
+        assert len(y.engine.running) == 1, "the second episode went to the replica without one in flight"
+        by_gate[y].open()
+        short = [await asyncio.wait_for(engine.play({}, episode_id=f"short-{i}"), HANG_UP) for i in range(3)]
+        assert [r["status"] for r in short] == ["completed"] * 3
+        by_gate[x].open()
+        records = await asyncio.wait_for(asyncio.gather(long, second_long), HANG_UP)
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    sessions = {s: {r["headers"]["X-Session-ID"] for r in policy_requests(s)} for s in (x, y)}
+    assert sessions[x] == {"long"}, "x was busy with the long episode: every new one went to y; it stuck to x"
+    assert sessions[y] == {"other", "short-0", "short-1", "short-2"}
+    assert len(policy_requests(x)) > 1, "the long episode made several calls, all on x"
+
+
 async def test_new_episodes_avoid_the_replica_whose_metrics_say_it_is_busy() -> None:
     gate = TokenGate()
     body = {"model": "user", "prompt": "hello", "max_tokens": 4}
@@ -324,8 +381,9 @@ async def test_new_episodes_avoid_the_replica_whose_metrics_say_it_is_busy() -> 
         async with engine_on([idle, busy], user=idle) as engine:
             engine.watch_policy_load(0.01)
             policy, _ = engine.clients.clients(engine.settings_for("tictactoe"))
-            assert policy.replicas is not None
-            await asyncio.wait_for(_until(lambda: busy.base_url in policy.replicas.server_loads()), HANG_UP)
+            replicas = policy.replicas
+            assert replicas is not None
+            await asyncio.wait_for(_until(lambda: busy.base_url in replicas.server_loads()), HANG_UP)
             for i in range(4):
                 assert (await engine.play({}, episode_id=f"ep-{i}"))["status"] == "completed"
         gate.open()

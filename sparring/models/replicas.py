@@ -5,11 +5,15 @@ vLLM's prefix cache only helps when every call of an episode reaches the same se
 (or a gateway session) is pinned to one replica when it first calls and stays there. Where it is
 pinned is the routing's choice:
 - least loaded (`pick_least_loaded`, the default): the replica with the least load right now. Load is
-  the episodes pinned there by this client (or its requests in flight, if more), and, where the server
-  exposes them (vLLM's /metrics, read in the background by the transport, never per call), the
-  requests it runs for every client, its waiting queue and its KV-cache usage (a fraction 0..1, so it
-  only breaks ties between otherwise equal replicas). Long episodes then no longer pile up on one
-  replica by chance.
+  what this client knows at once, the episodes it has pinned there (or its requests in flight, if
+  more), plus, where the server exposes them (vLLM's /metrics, read in the background by the
+  transport, never per call), the requests other clients have there: the server's running and waiting
+  requests less this client's own in flight when the metrics were read. The server's counts include
+  this client's requests, and they are up to a poll old: adding them whole would count a queued request
+  twice and keep counting requests that have since finished. Ties go to the replica with fewer of this
+  client's requests in flight, then the shorter waiting queue, then the lower KV-cache usage, then in
+  turn (not to the replica that served fewest episodes so far: with skewed lengths that is the one
+  busy with the long ones).
 - rendezvous hashing of the id (`pick`): the spread is even in count, and a replica leaving or coming
   back moves only the episodes that hash to it.
 A replica that fails `failure_threshold` times in a row is out for `cooldown_s`; its episodes move to
@@ -51,6 +55,8 @@ class ReplicaHealth:
     out_until: float = 0.0
     times_taken_out: int = 0
     load: ServerLoad | None = None
+    in_flight_at_load: int = 0
+    """This client's requests in flight when `load` was read (the server counted them too)."""
     removed: str | None = None
     """Why the weight sync took it out (None: it did not); it stays out until put back."""
 
@@ -78,6 +84,8 @@ class ReplicaSet:
         self._clock = clock
         self._health = {url: ReplicaHealth(url) for url in self.urls}
         self._pinned: dict[str, str] = {}
+        self._turn = 0
+        """Where the next tie starts looking (index into `urls`)."""
 
     def pick(self, key: str) -> str:
         """The key's replica: where it is pinned while that replica is in, else its rendezvous choice."""
@@ -90,27 +98,35 @@ class ReplicaSet:
 
     def pick_least_loaded(self, key: str) -> str:
         """The key's replica: where it is pinned while that replica is in, else the least loaded one
-        (ties: the one that had fewer keys so far, then the first)."""
+        (ties as the module docstring says)."""
         pinned = self._pinned.get(key)
         if pinned is not None and (len(self.urls) == 1 or self._is_in(self._health[pinned])):
             return pinned
-        candidates = self._available()
-        url = min(candidates, key=lambda u: (self.load(u), self._health[u].episodes, self.urls.index(u)))
+        count = len(self.urls)
+        url = min(self._available(), key=lambda u: (*self._load_key(u), (self.urls.index(u) - self._turn) % count))
+        self._turn = (self.urls.index(url) + 1) % count
         self._pin(key, url)
         return url
 
     def load(self, url: str) -> float:
         """How busy `url` is: see the module docstring (metrics older than `load_max_age_s` are left out)."""
+        return self._load_key(url)[0]
+
+    def _load_key(self, url: str) -> tuple[float, int, float, float]:
+        """(load, own requests in flight, server's waiting queue, KV-cache usage): least is idlest."""
         health = self._health[url]
         own = max(health.active, health.in_flight)
         server = health.load
         if server is None or self._clock() - server.at > self.load_max_age_s:
-            return float(own)
-        return max(own, server.running) + server.waiting + server.kv_cache_usage
+            return float(own), health.in_flight, 0.0, 0.0
+        others = max(0.0, server.running + server.waiting - health.in_flight_at_load)
+        return own + others, health.in_flight, server.waiting, server.kv_cache_usage
 
     def report_load(self, url: str, load: ServerLoad) -> None:
-        """What `url`'s metrics say now (the transport's poller calls this)."""
-        self._health[url].load = load
+        """What `url`'s metrics say now (the transport's poller calls this as the reading comes in)."""
+        health = self._health[url]
+        health.load = load
+        health.in_flight_at_load = health.in_flight
 
     def server_loads(self) -> dict[str, ServerLoad]:
         """The latest metrics of each replica that has fresh ones."""
