@@ -378,7 +378,7 @@ def plot(steps: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: P
     ax.set_xlabel("optimizer step (episodes sampled by the adapter of the step before)")
     ax.set_ylabel("mean reward (win = 1)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title("GRPO + LoRA on Qwen2.5-0.5B, tic-tac-toe win-in-one (CPU)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
