@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from engine_harness import episode_engine, players
 
-from sparring import Engine, EpisodeSettings
 from sparring.core.ledger import check_invariants
 from sparring.models.client import EndpointConfig, ModelClient
-from sparring.testing import FakeModelServer, TicTacToePlayer
-from sparring.testing.responders import O_PREFERENCE, X_PREFERENCE
+from sparring.testing import FakeModelServer
 from sparring.testing.tokenizer import FakeTokenizer, encode, render_messages
 
 GENERATE = "/inference/v1/generate"
-
-
-def players() -> dict[str, Any]:
-    return {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
-
-
-@asynccontextmanager
-async def episode_engine(server: FakeModelServer, **settings: Any) -> AsyncIterator[Engine]:
-    config = EpisodeSettings(
-        policy_base_urls=[server.base_url],
-        user_base_urls=[server.base_url],
-        user_tool_choice="required",
-        request_timeout_s=5.0,
-        **settings,
-    )
-    engine = Engine(config)
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
 
 
 def policy_requests(server: FakeModelServer) -> list[dict[str, Any]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,35 +10,15 @@ import httpx
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from engine_harness import episode_engine, players
 
-from sparring import Engine, EpisodeSettings
+from sparring import Engine
 from sparring.core.versions import append_spans, episode_versions, in_order, spans_from_server, staleness
 from sparring.engine.export import export
 from sparring.engine.metrics import compute_metrics
 from sparring.models.client import EndpointConfig, ModelClient
 from sparring.models.generation import GenerationControl
-from sparring.testing import FakeModelServer, TicTacToePlayer, TokenGate
-from sparring.testing.responders import O_PREFERENCE, X_PREFERENCE
-
-
-def players() -> dict[str, Any]:
-    return {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
-
-
-@asynccontextmanager
-async def episode_engine(server: FakeModelServer, **settings: Any) -> AsyncIterator[Engine]:
-    config = EpisodeSettings(
-        policy_base_urls=[server.base_url],
-        user_base_urls=[server.base_url],
-        user_tool_choice="required",
-        request_timeout_s=5.0,
-        **settings,
-    )
-    engine = Engine(config)
-    try:
-        yield engine
-    finally:
-        await engine.aclose()
+from sparring.testing import FakeModelServer, TokenGate
 
 
 def policy_control(engine: Engine) -> GenerationControl:
