@@ -88,28 +88,6 @@ def tiny_model() -> Any:
     return Qwen2ForCausalLM(config)
 
 
-class LoadAdapter:
-    """Stand-in for the engine's weight sync until it lands (loads the adapter, points policy calls at it)."""
-
-    def __init__(self, server: FakeModelServer, engine: Engine, settings: EpisodeSettings) -> None:
-        self.server, self.engine, self.settings = server, engine, settings
-
-    async def update(self, version: str, adapter: str | None) -> None:
-        import aiohttp
-
-        name = f"policy-v{version}"
-        async with aiohttp.ClientSession() as session:
-            body = {"lora_name": name, "lora_path": adapter}
-            async with session.post(f"{self.server.base_url}/load_lora_adapter", json=body) as reply:
-                assert reply.status == 200, await reply.text()
-        policy, _ = self.engine.clients.clients(self.settings)
-        policy.control.adapter = name
-        policy.control.version = version
-
-    async def current(self) -> str | None:
-        return None
-
-
 def test_prompts_are_tasks() -> None:
     (prompt,) = task_prompts([WIN_IN_ONE])
     assert prompt_task(prompt) == WIN_IN_ONE
@@ -146,7 +124,6 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
             engine,
             adapter_dir=tmp_path / "adapters",
             output=tmp_path / "records.jsonl",
-            weights=LoadAdapter(server, engine, settings),
         )
         args = GRPOConfig(
             output_dir=str(tmp_path / "out"),
@@ -203,11 +180,86 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
     assert sum(0 in mask for _, _, mask in got) == G, "two-turn rows hold O's turn between the calls, masked 0"
     assert all(math.isfinite(b["loss"]) for b in seen)
 
-    # The adapter trained, was saved per step, and the server loaded each version.
+    # The adapter trained, was saved per step, and sparring's weight sync loaded each version.
     changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(before[n], p)]
     assert changed and all("lora_" in n for n in changed)
     assert [Path(path).name for _, _, path in adapter_loads] == ["step0", "step1"]
     assert [h.step for h in rollout.history] == [0, 1]
+
+
+async def test_ahead_trains_each_step_on_episodes_the_step_before_sampled(tmp_path: Path) -> None:
+    """ahead=1: step n's episodes start as soon as step n-1's are handed over, so they run during step n-1's
+    training on its adapter; the bridge plays its own task stream and records how stale each episode is."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    steps = 3
+    responders = {"policy": move_by_repeat, "user": TicTacToePlayer(O_PREFERENCE)}
+    async with FakeModelServer(responders) as server:
+        settings = EpisodeSettings(
+            policy_base_urls=[server.base_url],
+            user_base_urls=[server.base_url],
+            token_mode="tito",
+            request_timeout_s=10.0,
+        )
+        rollout = SparringRollout(
+            Engine(settings),
+            adapter_dir=tmp_path / "adapters",
+            output=tmp_path / "records.jsonl",
+            ahead=1,
+            tasks=[WIN_IN_ONE, TWO_TURNS],
+        )
+        args = GRPOConfig(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=G,
+            num_generations=G,
+            max_steps=steps,
+            learning_rate=5e-2,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=tiny_model(),
+            reward_funcs=[sparring_reward],
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": task_prompts([WIN_IN_ONE])}),
+            processing_class=hf_tokenizer(),
+            rollout_func=rollout,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        )
+        try:
+            await asyncio.to_thread(trainer.train)
+        finally:
+            await asyncio.to_thread(rollout.close)  # ends the episodes started for a step that never came
+        adapter_loads = [Path(path).name for kind, _, path in server.adapter_log if kind == "load"]
+
+    first = rollout.first_version
+    assert first is not None
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == steps * G
+    by_step = [records[s * G : (s + 1) * G] for s in range(steps)]
+    # The bridge's own stream, cycled, one group per call (TRL's prompt, always win-in-one, only sets the count).
+    assert [{r["task_id"] for r in step} for step in by_step] == [{"win-in-one"}, {"two-turns"}, {"win-in-one"}]
+    assert adapter_loads == [f"step{s}" for s in range(steps)]
+    assert [h.step for h in rollout.history] == list(range(steps))
+    assert [h.version for h in rollout.history] == [str(first + s) for s in range(steps)]
+
+    # Step 0 has nothing to overlap with: its episodes ran on its own adapter, before training began.
+    assert all(v == str(first) for r in by_step[0] for v in episode_sample(r).call_versions)
+    assert rollout.history[0].staleness == [0] * G
+    for s in range(1, steps):
+        # Started before this step's adapter was pushed: sampled by the step before's, the newer one at most.
+        for record in by_step[s]:
+            assert set(episode_sample(record).call_versions) <= {str(first + s - 1), str(first + s)}
+            assert episode_sample(record).call_versions[0] == str(first + s - 1), record["trajectory"]["calls"]
+        assert rollout.history[s].staleness == [1] * G
+        assert all(r["error"] is None for r in by_step[s])
 
 
 def test_rollout_rows_mask_an_episode_without_policy_tokens() -> None:
@@ -243,10 +295,7 @@ async def test_async_grpo_samples_go_through_trls_own_queue_filter_and_collator(
             token_mode="tito",
             request_timeout_s=10.0,
         )
-        engine = Engine(settings)
-        worker = SparringRolloutWorker(
-            engine, tasks=[TWO_TURNS], num_generations=G, weights=LoadAdapter(server, engine, settings)
-        )
+        worker = SparringRolloutWorker(Engine(settings), tasks=[TWO_TURNS], num_generations=G)
         worker.start()
         try:
             samples = [await asyncio.to_thread(worker.rollout_buffer.get, timeout=60) for _ in range(G)]

@@ -9,7 +9,7 @@ record says which were resumed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +56,8 @@ async def running_requests(http: aiohttp.ClientSession, server: ServerRecord) ->
     return load.running
 
 
-@pytest.fixture
-async def restored(vllm_server: ServerRecord) -> AsyncIterator[None]:
-    """Put the session's server back as it was (version label, adapters) for the tests after this one."""
-    yield
-    async with aiohttp.ClientSession() as http:
-        await http.post(f"{vllm_server.root_url}/resume")
-        await http.post(f"{vllm_server.root_url}/update_weight_version", json={"new_version": "default"})
-        await http.post(f"{vllm_server.root_url}/reset_prefix_cache", params={"reset_running_requests": "true"})
-        await http.post(f"{vllm_server.base_url}/unload_lora_adapter", json={"lora_name": f"{vllm_server.model}@1"})
-
-
 async def test_a_keep_pause_mid_generation_an_adapter_load_and_a_resume(
-    vllm_server: ServerRecord, tmp_path: Path, restored: None
+    vllm_server: ServerRecord, tmp_path: Path
 ) -> None:
     pytest.importorskip("peft")
     adapter = make_adapter(vllm_server.model_path, tmp_path / "step-1")
@@ -112,9 +101,7 @@ async def test_a_keep_pause_mid_generation_an_adapter_load_and_a_resume(
     assert all(s in (["default"], ["1"], ["default", "1"]) for s in sets), sets
 
 
-async def test_an_abort_pause_mid_generation_resumes_the_calls_in_the_same_episodes(
-    vllm_server: ServerRecord, restored: None
-) -> None:
+async def test_an_abort_pause_mid_generation_resumes_the_calls_in_the_same_episodes(vllm_server: ServerRecord) -> None:
     config = server_config(
         TicTacToe(), vllm_server, max_turns=2, policy_max_tokens=96, user_max_tokens=64, token_mode="tito"
     )
