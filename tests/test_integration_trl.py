@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trl_harness import ledger_rows, loss_rows, recording_trainer
 
 from sparring import Engine, EpisodeSettings
 from sparring.envs.tictactoe import LINES
@@ -88,6 +89,32 @@ def tiny_model() -> Any:
     return Qwen2ForCausalLM(config)
 
 
+def scripted_settings(server: FakeModelServer) -> EpisodeSettings:
+    return EpisodeSettings(
+        policy_base_urls=[server.base_url], user_base_urls=[server.base_url], token_mode="tito", request_timeout_s=10.0
+    )
+
+
+def grpo_args(tmp_path: Path, steps: int) -> Any:
+    """One group of G per step and per optimizer step, on CPU; a learning rate that moves the tiny model."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=G,
+        num_generations=G,
+        max_steps=steps,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+    )
+
+
 def test_prompts_are_tasks() -> None:
     (prompt,) = task_prompts([WIN_IN_ONE])
     assert prompt_task(prompt) == WIN_IN_ONE
@@ -100,49 +127,18 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
 
     seen: list[dict[str, Any]] = []
 
-    class Recording(GRPOTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            seen.append({k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            seen[-1]["loss"] = float(loss.detach())
-            return loss
-
     responders = {"policy": move_by_repeat, "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(responders) as server:
-        settings = EpisodeSettings(
-            policy_base_urls=[server.base_url],
-            user_base_urls=[server.base_url],
-            token_mode="tito",
-            request_timeout_s=10.0,
-        )
-        engine = Engine(settings)
         rollout = SparringRollout(
-            engine,
-            adapter_dir=tmp_path / "adapters",
-            output=tmp_path / "records.jsonl",
+            Engine(scripted_settings(server)), adapter_dir=tmp_path / "adapters", output=tmp_path / "records.jsonl"
         )
-        args = GRPOConfig(
-            output_dir=str(tmp_path / "out"),
-            per_device_train_batch_size=G,
-            num_generations=G,
-            max_steps=2,
-            learning_rate=5e-2,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            gradient_checkpointing=False,
-            seed=0,
-        )
-        trainer = Recording(
+        trainer = recording_trainer(seen)(
             model=tiny_model(),
             reward_funcs=[sparring_reward],
-            args=args,
+            args=grpo_args(tmp_path, steps=2),
             train_dataset=Dataset.from_dict({"prompt": task_prompts([WIN_IN_ONE, TWO_TURNS])}),
             processing_class=hf_tokenizer(),
             rollout_func=rollout,
@@ -160,24 +156,11 @@ async def test_grpo_trainer_trains_on_exactly_the_ledger(tmp_path: Path) -> None
     assert sorted(r["reward"] for r in records) == [0.0] * G + [1.0] * G
 
     # The trainer's loss saw exactly the ledger's ids and mask: prompt = first call's prompt, completion = the rest.
-    expected = sorted(
-        (tuple(s.prompt_ids), tuple(s.response_ids), tuple(s.response_mask)) for s in map(episode_sample, records)
-    )
-    got = []
-    for batch in seen:
-        for p_ids, p_mask, c_ids, c_mask, tool in zip(
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            batch["completion_ids"],
-            batch["completion_mask"],
-            batch["tool_mask"],
-            strict=True,
-        ):
-            n = int(c_mask.sum())
-            got.append((tuple(p_ids[p_mask.bool()].tolist()), tuple(c_ids[:n].tolist()), tuple(tool[:n].tolist())))
-    assert sorted(got) == expected
+    assert loss_rows(seen) == ledger_rows(map(episode_sample, records))
     assert sorted(len(s.call_versions) for s in map(episode_sample, records)) == [1] * G + [2] * G
-    assert sum(0 in mask for _, _, mask in got) == G, "two-turn rows hold O's turn between the calls, masked 0"
+    assert sum(0 in mask for _, _, mask in loss_rows(seen)) == G, (
+        "two-turn rows hold O's turn between the calls, masked 0"
+    )
     assert all(math.isfinite(b["loss"]) for b in seen)
 
     # The adapter trained, was saved per step, and sparring's weight sync loaded each version.
@@ -192,42 +175,22 @@ async def test_ahead_trains_each_step_on_episodes_the_step_before_sampled(tmp_pa
     training on its adapter; the bridge plays its own task stream and records how stale each episode is."""
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     steps = 3
     responders = {"policy": move_by_repeat, "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(responders) as server:
-        settings = EpisodeSettings(
-            policy_base_urls=[server.base_url],
-            user_base_urls=[server.base_url],
-            token_mode="tito",
-            request_timeout_s=10.0,
-        )
         rollout = SparringRollout(
-            Engine(settings),
+            Engine(scripted_settings(server)),
             adapter_dir=tmp_path / "adapters",
             output=tmp_path / "records.jsonl",
             ahead=1,
             tasks=[WIN_IN_ONE, TWO_TURNS],
         )
-        args = GRPOConfig(
-            output_dir=str(tmp_path / "out"),
-            per_device_train_batch_size=G,
-            num_generations=G,
-            max_steps=steps,
-            learning_rate=5e-2,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            gradient_checkpointing=False,
-            seed=0,
-        )
         trainer = GRPOTrainer(
             model=tiny_model(),
             reward_funcs=[sparring_reward],
-            args=args,
+            args=grpo_args(tmp_path, steps),
             train_dataset=Dataset.from_dict({"prompt": task_prompts([WIN_IN_ONE])}),
             processing_class=hf_tokenizer(),
             rollout_func=rollout,
@@ -289,13 +252,7 @@ async def test_async_grpo_samples_go_through_trls_own_queue_filter_and_collator(
 
     responders = {"policy": move_by_repeat, "user": TicTacToePlayer(O_PREFERENCE)}
     async with FakeModelServer(responders) as server:
-        settings = EpisodeSettings(
-            policy_base_urls=[server.base_url],
-            user_base_urls=[server.base_url],
-            token_mode="tito",
-            request_timeout_s=10.0,
-        )
-        worker = SparringRolloutWorker(Engine(settings), tasks=[TWO_TURNS], num_generations=G)
+        worker = SparringRolloutWorker(Engine(scripted_settings(server)), tasks=[TWO_TURNS], num_generations=G)
         worker.start()
         try:
             samples = [await asyncio.to_thread(worker.rollout_buffer.get, timeout=60) for _ in range(G)]

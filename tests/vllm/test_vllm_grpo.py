@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trl_harness import ledger_rows, loss_rows, recording_trainer
 
 from sparring.integrations.samples import episode_sample
 from sparring.models.local import ServerRecord
@@ -58,18 +59,8 @@ def prompt_logprobs(server: ServerRecord, model: str, ids: list[int]) -> list[fl
 
 
 def test_two_grpo_steps_on_the_real_model(vllm_server: ServerRecord, tmp_path: Path) -> None:
-    import torch
-    from trl import GRPOTrainer
-
     example = load_example()
     seen: list[dict[str, Any]] = []
-
-    class Recording(GRPOTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            seen.append({k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            seen[-1]["loss"] = float(loss.detach())
-            return loss
 
     config = example.RunConfig(
         steps=2,
@@ -88,7 +79,13 @@ def test_two_grpo_steps_on_the_real_model(vllm_server: ServerRecord, tmp_path: P
         t["env_seed"]["symmetry_class"] for t in held_out
     }, "mirror images stay on one side"
     steps, adapter, trainer = example.train(
-        vllm_server, train_tasks, tmp_path, config, trainer_class=Recording, extra_rewards=[by_row], progress=print
+        vllm_server,
+        train_tasks,
+        tmp_path,
+        config,
+        trainer_class=recording_trainer(seen),
+        extra_rewards=[by_row],
+        progress=print,
     )
 
     records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
@@ -102,20 +99,7 @@ def test_two_grpo_steps_on_the_real_model(vllm_server: ServerRecord, tmp_path: P
     assert adapter == f"{vllm_server.model}@{first + 2}", "the final adapter (after step 2) is the one served"
 
     # The trainer's loss saw exactly the ledger's ids and mask.
-    expected = sorted((tuple(s.prompt_ids), tuple(s.response_ids), tuple(s.response_mask)) for s in samples)
-    got = []
-    for batch in seen:
-        for p_ids, p_mask, c_ids, c_mask, tool in zip(
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            batch["completion_ids"],
-            batch["completion_mask"],
-            batch["tool_mask"],
-            strict=True,
-        ):
-            n = int(c_mask.sum())
-            got.append((tuple(p_ids[p_mask.bool()].tolist()), tuple(c_ids[:n].tolist()), tuple(tool[:n].tolist())))
-    assert sorted(got) == expected
+    assert loss_rows(seen) == ledger_rows(samples)
     assert len(seen) == 2 and all(math.isfinite(b["loss"]) for b in seen)
 
     # The adapter trained (only LoRA weights), was saved per step, and vLLM serves the final one.
