@@ -24,46 +24,13 @@ import asyncio
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import orjson
+from vllm_cache import cache_delta, cacheable_share, prefix_cache_counters
 
 from sparring.models.local import local_endpoints
-
-CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
-
-
-def prefix_cache_counters(root_url: str) -> dict[str, float]:
-    """vLLM's prefix-cache counters, summed over label sets."""
-    with urllib.request.urlopen(f"{root_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    totals = dict.fromkeys(CACHE_COUNTERS, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    return totals
-
-
-def cacheable_share(records: list[dict], block_size: int) -> float:
-    """The most of the policy's prompt tokens a prefix cache of whole `block_size` blocks could serve.
-
-    Per call, the part of its prompt that an earlier call already sent (the episode's previous prompt and
-    completion, or for the first call the opening every episode of the task shares), cut down to whole
-    blocks: vLLM only reuses full blocks. Computed from the ledger's exact ids (tito: one segment).
-    """
-    cacheable = total = 0
-    for record in records:
-        previous_end = None
-        for call in record["trajectory"]["calls"]:
-            prompt = call["prompt_len"]
-            shared = prompt if previous_end is None else min(previous_end, prompt)
-            cacheable += shared // block_size * block_size
-            total += prompt
-            previous_end = prompt + call["completion_len"]
-    return cacheable / total if total else 0.0
 
 
 async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.Namespace, work: Path) -> dict:
@@ -87,8 +54,7 @@ async def run_collect(base_url: str, model: str, tokenizer: str, args: argparse.
     completion = sum(r["usage"][role]["completion_tokens"] for r in records for role in ("policy", "user"))
     calls = sum(r["num_policy_calls"] + r["num_user_calls"] for r in records)
     prompt = sum(r["usage"][role]["prompt_tokens"] for r in records for role in ("policy", "user"))
-    queries = after[CACHE_COUNTERS[0]] - before[CACHE_COUNTERS[0]]
-    hits = after[CACHE_COUNTERS[1]] - before[CACHE_COUNTERS[1]]
+    queries, hits = cache_delta(before, after)
     return {
         "policy_cacheable_by_block_size": {str(b): cacheable_share(records, b) for b in (16, 32, 128)},
         "exit_code": process.returncode,

@@ -17,45 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from vllm_cache import cacheable_share, hit_rate, scrape
 
 from sparring import Engine, EpisodeSettings
 from sparring.envs.tictactoe import TicTacToe
 from sparring.models.transport import Reply
-
-COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
-
-
-def scrape(root: str) -> tuple[dict[str, float], str | None]:
-    """The prefix-cache counters (summed over label sets) and the block size, from `/metrics`."""
-    text = urllib.request.urlopen(f"{root}/metrics", timeout=30).read().decode()
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    block = re.search(r'cache_config_info\{[^}]*block_size="(\d+)"', text)
-    return totals, block.group(1) if block else None
-
-
-def ceiling(records: list[dict[str, Any]], block: int) -> float:
-    """Share of the policy's prompt tokens whole blocks could serve from the episode's previous call."""
-    cacheable = total = 0
-    for record in records:
-        previous_end = None
-        for call in record["trajectory"]["calls"]:
-            prompt = call["prompt_len"]
-            shared = prompt if previous_end is None else min(previous_end, prompt)
-            cacheable += shared // block * block
-            total += prompt
-            previous_end = prompt + call["completion_len"]
-    return cacheable / total if total else 0.0
 
 
 class UsageLog:
@@ -131,11 +102,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{role}: {len(calls)} calls, no per-request cached_tokens (start vLLM with "
                 "--enable-prompt-tokens-details)"
             )
-    queries = after[COUNTERS[0]] - before[COUNTERS[0]]
-    hits = after[COUNTERS[1]] - before[COUNTERS[1]]
-    if queries:
-        print(f"vLLM /metrics over the run (all clients): hit rate {hits / queries:.1%}")
-    ceilings = ", ".join(f"{b}: {ceiling(records, b):.1%}" for b in (1, 16, 32, 64, 128))
+    rate = hit_rate(before, after)
+    if rate is not None:
+        print(f"vLLM /metrics over the run (all clients): hit rate {rate:.1%}")
+    ceilings = ", ".join(f"{b}: {cacheable_share(records, b):.1%}" for b in (1, 16, 32, 64, 128))
     print(f"policy ceiling of whole blocks: {ceilings}")
 
 

@@ -14,30 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import time
-import urllib.request
 from dataclasses import replace
 from typing import Any
+
+from vllm_cache import hit_rate, prefix_cache_counters
 
 from sparring.core.settings import EpisodeSettings
 from sparring.engine.engine import Engine
 from sparring.engine.settings import default_settings
-
-CACHE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
-
-
-def prefix_cache_counters(root_url: str) -> dict[str, float]:
-    """vLLM's prefix-cache counters (summed over label sets) from /metrics."""
-    with urllib.request.urlopen(f"{root_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    totals = dict.fromkeys(CACHE_COUNTERS, 0.0)
-    for line in text.splitlines():
-        match = re.match(r"^([a-z_:]+)(?:\{[^}]*\})? ([0-9.e+]+)$", line)
-        if match and match.group(1) in totals:
-            totals[match.group(1)] += float(match.group(2))
-    return totals
 
 
 async def play_mode(engine: Engine, settings: EpisodeSettings, episodes: int, root_url: str) -> list[dict[str, Any]]:
@@ -50,11 +36,9 @@ async def play_mode(engine: Engine, settings: EpisodeSettings, episodes: int, ro
         record = await engine.play({}, settings=settings)
         record["cpu_s"] = time.process_time() - cpu
         rows.append(record)
-    after = prefix_cache_counters(root_url)
-    queries = after[CACHE_COUNTERS[0]] - before[CACHE_COUNTERS[0]]
-    hits = after[CACHE_COUNTERS[1]] - before[CACHE_COUNTERS[1]]
+    rate = hit_rate(before, prefix_cache_counters(root_url))
     for row in rows:
-        row["cache_hit_rate"] = hits / queries if queries else float("nan")
+        row["cache_hit_rate"] = float("nan") if rate is None else rate
     return rows
 
 
