@@ -1,6 +1,6 @@
 """Where a GRPO step's time goes with the real trainer in the loop, and what one step of staleness buys.
 
-    .venv/bin/python bench/grpo_step.py                       # starts a LoRA vLLM server, 2 x 4 steps (~30-40 min)
+    .venv/bin/python bench/grpo_step.py                       # starts a LoRA vLLM server, 2 x 4 steps (~12 min)
     .venv/bin/python bench/grpo_step.py --steps 6 --base-url http://127.0.0.1:8000/v1   # `models up --lora 16`
     .venv/bin/python bench/grpo_step.py --from runs/grpo/steps.jsonl                    # a finished run's steps
 
