@@ -11,6 +11,11 @@ Against a running real server (`sparring models up`, or one started with `--bloc
 - the server's block size (`vllm:cache_config_info`), statuses, segments and prefix mismatches.
 
     .venv/bin/python bench/prefix_cache.py --base-url http://127.0.0.1:8000/v1 [--episodes 8] [--concurrency 8]
+
+With `--base-url` twice (two replicas of the model), policy and user calls are routed over both by `--routing`
+(sparring's sticky least-loaded, or rendezvous hashing), the warm-up is one episode per replica played together,
+and the counters are summed over the replicas (issue 16's benchmark 3 on real servers: the cache hit rate that
+routing keeps).
 """
 
 from __future__ import annotations
@@ -51,13 +56,15 @@ class UsageLog:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    root = args.base_url.removesuffix("/").removesuffix("/v1")
+    urls = args.base_url or ["http://127.0.0.1:8000/v1"]
+    roots = [url.removesuffix("/").removesuffix("/v1") for url in urls]
     env = TicTacToe()
     settings = EpisodeSettings(
         **{
             **env.settings,
-            "policy_base_urls": [args.base_url],
-            "user_base_urls": [args.base_url],
+            "policy_base_urls": urls,
+            "user_base_urls": urls,
+            "routing": args.routing,
             "policy_model": args.policy_model,
             "user_model": args.user_model,
             "token_mode": "tito",
@@ -71,9 +78,10 @@ async def main_async(args: argparse.Namespace) -> None:
     for transport in {id(c.transport): c.transport for c in (policy, user)}.values():
         transport.post = log.wrap(transport.post)  # type: ignore[method-assign]
     try:
-        await engine.play({}, episode_id="warm-up")  # the opening every episode shares is cached from here on
+        # the opening every episode shares is cached from here on (on each replica, when they are split evenly)
+        await asyncio.gather(*(engine.play({}, episode_id=f"warm-up-{i}") for i in range(len(urls))))
         log.on = True
-        before, block = scrape(root)
+        before, block = summed(roots)
         slots = asyncio.Semaphore(args.concurrency)
 
         async def one(i: int) -> dict[str, Any]:
@@ -83,10 +91,13 @@ async def main_async(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         records = await asyncio.gather(*(one(i) for i in range(args.episodes)))
         wall = time.perf_counter() - started
-        after, _ = scrape(root)
+        after, _ = summed(roots)
     finally:
         await engine.aclose()
-    print(f"block size {block}, {len(records)} episodes in {wall:.0f} s: {sorted({r['status'] for r in records})}")
+    print(
+        f"{len(urls)} replica(s), routing {args.routing}; block size {block}, {len(records)} episodes in {wall:.0f} s: "
+        f"{sorted({r['status'] for r in records})}"
+    )
     print(
         f"segments {sum(len(r['trajectory']['segments']) for r in records)}, "
         f"prefix mismatches {sum(r['trajectory']['prefix_mismatches'] for r in records)}"
@@ -109,9 +120,17 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"policy ceiling of whole blocks: {ceilings}")
 
 
+def summed(roots: list[str]) -> tuple[dict[str, float], str | None]:
+    """The prefix-cache counters summed over the replicas, and the first one's block size."""
+    readings = [scrape(root) for root in roots]
+    totals = {name: sum(counters[name] for counters, _ in readings) for name in readings[0][0]}
+    return totals, readings[0][1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--base-url", action="append", help="a replica's URL (.../v1); twice for two replicas")
+    parser.add_argument("--routing", choices=("least_loaded", "rendezvous"), default="least_loaded")
     parser.add_argument("--policy-model", default="policy")
     parser.add_argument("--user-model", default="user")
     parser.add_argument("--episodes", type=int, default=8)
