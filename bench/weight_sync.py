@@ -154,6 +154,8 @@ async def main_async(args: argparse.Namespace) -> None:
             for updates in (False, True):
                 runs.append(await one_run(args, policy.base_url, user.base_url, updates=updates))
                 show(runs[-1])
+    if not runs[0]["tokens_per_s"]:
+        raise SystemExit("no tokens were generated without updates (see the statuses above): no ratio to give")
     print(f"tokens/s with updates / without: {runs[1]['tokens_per_s'] / runs[0]['tokens_per_s']:.3f}")
 
 
