@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from engine_harness import episode_settings
 
 from sparring import Engine, EpisodeSettings
 from sparring.core.ledger import check_invariants
@@ -90,13 +91,7 @@ def make_harness() -> Callable[..., Any]:
         responders: Mapping[str, Any], *, template: str = "chatml", max_model_len: int = 32768, **settings: Any
     ) -> AsyncIterator[Harness]:
         async with FakeModelServer(responders, template=template, max_model_len=max_model_len) as server:
-            config = EpisodeSettings(
-                policy_base_urls=[server.base_url],
-                user_base_urls=[server.base_url],
-                user_tool_choice="required",
-                request_timeout_s=5.0,
-                **settings,
-            )
+            config = episode_settings(server, **settings)
             engine = Engine(config)
             try:
                 yield Harness(server, engine, config)

@@ -16,17 +16,21 @@ def players() -> dict[str, Any]:
     return {"policy": TicTacToePlayer(X_PREFERENCE), "user": TicTacToePlayer(O_PREFERENCE)}
 
 
-@asynccontextmanager
-async def episode_engine(server: FakeModelServer, **settings: Any) -> AsyncIterator[Engine]:
-    """An engine with both roles on `server` (the user must move), closed on exit."""
-    config = EpisodeSettings(
+def episode_settings(server: FakeModelServer, **settings: Any) -> EpisodeSettings:
+    """Both roles on `server`, the user made to move (a tool call), short timeouts; `settings` on top."""
+    return EpisodeSettings(
         policy_base_urls=[server.base_url],
         user_base_urls=[server.base_url],
         user_tool_choice="required",
         request_timeout_s=5.0,
         **settings,
     )
-    engine = Engine(config)
+
+
+@asynccontextmanager
+async def episode_engine(server: FakeModelServer, **settings: Any) -> AsyncIterator[Engine]:
+    """An engine with both roles on `server` (the user must move), closed on exit."""
+    engine = Engine(episode_settings(server, **settings))
     try:
         yield engine
     finally:
